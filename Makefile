@@ -1,0 +1,33 @@
+# fedray: every target creates .venv with pip when it is missing.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+export WANDB_SILENT := true
+
+.PHONY: run test lint bench clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+run: $(STAMP)  ## Run the default simulation (1M clients, FedAvg, offline wandb).
+	$(BIN)/fedray $(ARGS)
+
+test: $(STAMP) lint  ## ruff, mypy and the whole pytest suite; fails if any fails.
+	WANDB_MODE=disabled $(BIN)/pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+bench: $(STAMP)  ## Per-round overhead of fedray above a plain torch loop (JSON lines).
+	$(BIN)/python scripts/bench_overhead.py $(ARGS)
+
+clean:
+	rm -rf outputs multirun .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""fedray's runtime: population, clients, workers, server and the simulation loop."""

@@ -1,0 +1,141 @@
+"""From a composed config to validated, ready-to-run components."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import hydra
+from hydra.errors import InstantiationException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from torch import nn
+
+from engine.aggregation import Aggregator
+from engine.availability import Availability
+from engine.client import LocalTraining
+from engine.errors import ConfigError, require
+from engine.participation import ParticipationPolicy
+from engine.population import Population
+from engine.settings import Cluster, Evaluation, Tracking
+from mechanisms.base import Mechanism
+from strategies.base import Strategy
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """Everything one simulation needs, validated.
+
+    Attributes:
+        name: Experiment name (the default wandb group).
+        seed: Run seed.
+        rounds: Rounds to run.
+        population: Who the clients are.
+        availability: Who is online when.
+        participation: Who trains in each round.
+        model_factory: Builds a fresh, uninitialised module.
+        training: Clients' local SGD.
+        aggregation: How updates are weighted and summed.
+        strategy: Server update rule.
+        mechanism: Privacy noise.
+        evaluation: Held-out evaluation schedule.
+        cluster: Ray workers and chunking.
+    """
+
+    name: str
+    seed: int
+    rounds: int
+    population: Population
+    availability: Availability
+    participation: ParticipationPolicy
+    model_factory: Callable[[], nn.Module]
+    training: LocalTraining
+    aggregation: Aggregator
+    strategy: Strategy
+    mechanism: Mechanism
+    evaluation: Evaluation
+    cluster: Cluster
+
+
+def _checked(key: str, build: Callable[[], T]) -> T:
+    """Runs `build`, turning any validation failure into a `ConfigError` under `key`."""
+    try:
+        return build()
+    except ConfigError as err:
+        raise err.within(key) from None
+    except InstantiationException as err:
+        cause = err.__cause__
+        if isinstance(cause, ConfigError):
+            raise cause.within(key) from None
+        raise ConfigError(key, str(cause or err).splitlines()[0]) from None
+    except (OmegaConfBaseException, TypeError, ValueError, RuntimeError) as err:
+        raise ConfigError(key, str(err).splitlines()[0]) from None
+
+
+def as_dict(node: Any) -> dict[str, Any]:
+    """A resolved plain-dict copy of a config node."""
+    container = OmegaConf.to_container(node, resolve=True)
+    assert isinstance(container, dict)
+    return {str(key): value for key, value in container.items()}
+
+
+def _section(cfg: DictConfig, key: str, cls: Callable[..., T]) -> T:
+    return _checked(key, lambda: cls(**as_dict(cfg[key])))
+
+
+def _component(cfg: DictConfig, key: str) -> Any:
+    return _checked(key, lambda: hydra.utils.instantiate(cfg[key], _convert_="all"))
+
+
+def _model_factory(cfg: DictConfig) -> Callable[[], nn.Module]:
+    factory: Callable[[], nn.Module] = _checked(
+        "model", lambda: hydra.utils.instantiate(cfg.model, _partial_=True)
+    )
+    _checked("model", factory)  # build one now, so that impossible sizes fail before Ray starts
+    return factory
+
+
+def build_experiment(cfg: DictConfig) -> tuple[Experiment, Tracking]:
+    """Validates `cfg` and builds its components; starts nothing.
+
+    Raises:
+        ConfigError: naming the first invalid key, e.g. "rounds: must be >= 1, got -1".
+    """
+    name, seed, rounds = _checked("", lambda: (str(cfg.name), int(cfg.seed), int(cfg.rounds)))
+    require(seed >= 0, "seed", f"must be >= 0, got {seed}")
+    require(rounds >= 1, "rounds", f"must be >= 1, got {rounds}")
+    experiment = Experiment(
+        name=name,
+        seed=seed,
+        rounds=rounds,
+        population=_component(cfg, "population"),
+        availability=_component(cfg, "availability"),
+        participation=_component(cfg, "participation"),
+        model_factory=_model_factory(cfg),
+        training=_section(cfg, "training", LocalTraining),
+        aggregation=_component(cfg, "aggregation"),
+        strategy=_component(cfg, "strategy"),
+        mechanism=_component(cfg, "mechanism"),
+        evaluation=_section(cfg, "eval", Evaluation),
+        cluster=_section(cfg, "cluster", Cluster),
+    )
+    _check_consistent(experiment)
+    return experiment, _section(cfg, "tracking", Tracking)
+
+
+def _check_consistent(experiment: Experiment) -> None:
+    num_clients = experiment.population.num_clients
+    cohort = experiment.participation.cohort_size
+    require(
+        cohort <= num_clients,
+        "participation.cohort_size",
+        f"{cohort} is larger than population.num_clients={num_clients}",
+    )
+    require(
+        experiment.availability.num_clients == num_clients,
+        "availability.num_clients",
+        f"{experiment.availability.num_clients} != population.num_clients={num_clients}",
+    )

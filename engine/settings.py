@@ -1,0 +1,83 @@
+"""Run-level settings that are not pluggable components: evaluation, cluster, tracking."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from engine.errors import require
+
+TRACKING_MODES = ("disabled", "offline", "online")
+MAX_CHUNK = 10_000
+TARGET_CHUNKS = 16
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Evaluation on held-out clients.
+
+    Attributes:
+        every: Evaluate after every `every` rounds (and always after the last); 0 = last only.
+        num_clients: Held-out clients evaluated, the same ones each time.
+    """
+
+    every: int = 10
+    num_clients: int = 500
+
+    def __post_init__(self) -> None:
+        require(self.every >= 0, "every", f"must be >= 0, got {self.every}")
+        require(self.num_clients >= 1, "num_clients", f"must be >= 1, got {self.num_clients}")
+
+    def due(self, round_idx: int, rounds: int) -> bool:
+        """Whether to evaluate after round `round_idx` (from 0) of `rounds`."""
+        last = round_idx == rounds - 1
+        return last or (self.every > 0 and (round_idx + 1) % self.every == 0)
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """Where and how wide the simulation runs.
+
+    Attributes:
+        num_workers: Client-worker actors; None means one per CPU of the Ray cluster.
+        chunk_size: Clients per chunk, the unit of work and of summation. None picks
+            ceil(cohort / 16), at most 10,000. It never depends on `num_workers`, which is what
+            makes results bit-identical across worker counts.
+        address: Ray cluster to join; None starts a local Ray instance.
+        num_cpus: CPUs of the local Ray instance; None means all.
+    """
+
+    num_workers: int | None = None
+    chunk_size: int | None = None
+    address: str | None = None
+    num_cpus: int | None = None
+
+    def __post_init__(self) -> None:
+        for key in ("num_workers", "chunk_size", "num_cpus"):
+            value = getattr(self, key)
+            require(value is None or value >= 1, key, f"must be >= 1 or null, got {value}")
+
+    def chunk_size_for(self, cohort_size: int) -> int:
+        """Clients per chunk for a cohort of `cohort_size`."""
+        if self.chunk_size is not None:
+            return self.chunk_size
+        return max(1, min(MAX_CHUNK, -(-cohort_size // TARGET_CHUNKS)))
+
+
+@dataclass(frozen=True)
+class Tracking:
+    """Where metrics go.
+
+    Attributes:
+        mode: wandb mode: "disabled", "offline" (sync later with `wandb sync`) or "online".
+        project: wandb project.
+        group: wandb group; None uses the experiment name.
+        progress: Show a progress bar on stderr.
+    """
+
+    mode: str = "offline"
+    project: str = "fedray"
+    group: str | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        require(self.mode in TRACKING_MODES, "mode", f"must be one of {TRACKING_MODES}")

@@ -1,0 +1,121 @@
+"""The driver's round loop: select a cohort, fan chunks out to workers, apply on the server.
+
+One round, as data: availability mask -> cohort ids -> chunks -> one list of chunk partials per
+worker -> the server reduces them in chunk order, adds noise, steps the strategy, and returns
+the new weights into the object store. The driver passes references only: it never copies
+model-sized data.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import ray
+
+from engine.client import EvalStats
+from engine.experiment import Experiment
+from engine.models import flatten, init_parameters
+from engine.rng import Stream, generator
+from engine.server import ParameterServer
+from engine.workers import ClientWorker
+
+
+def split_chunks(cohort: np.ndarray, chunk_size: int) -> list[np.ndarray]:
+    """Splits a cohort into ceil(len / chunk_size) near-equal contiguous chunks."""
+    num_chunks = max(1, -(-len(cohort) // chunk_size))
+    return np.array_split(cohort, num_chunks)
+
+
+def assign(chunks: Sequence[np.ndarray], num_workers: int) -> list[list[np.ndarray]]:
+    """Gives each worker a contiguous run of chunks, keeping chunk order across workers."""
+    bounds = np.linspace(0, len(chunks), num_workers + 1).round().astype(int)
+    return [list(chunks[lo:hi]) for lo, hi in itertools.pairwise(bounds)]
+
+
+class Simulation:
+    """Ray actors for one experiment, and the round loop that drives them.
+
+    Ray must be initialised before construction. Creates `cluster.num_workers` `ClientWorker`
+    actors (restarted and retried on failure: their calls are pure functions) and one
+    `ParameterServer` actor (not restarted: it holds the state).
+
+    Args:
+        experiment: The validated experiment.
+    """
+
+    def __init__(self, experiment: Experiment) -> None:
+        self.experiment = experiment
+        exp = experiment
+        model = exp.model_factory()
+        init_parameters(model, seed=int(generator(exp.seed, Stream.MODEL_INIT).integers(2**62)))
+        initial = flatten(model)
+        self.num_params = len(initial)
+        self.registry = exp.population.registry()
+        cpus = float(ray.cluster_resources().get("CPU", 1.0))
+        self.num_workers = exp.cluster.num_workers or max(1, int(cpus))
+        worker_actor: Any = ray.remote(
+            num_cpus=min(1.0, cpus / self.num_workers), max_restarts=-1, max_task_retries=-1
+        )(ClientWorker)
+        self._workers = [
+            worker_actor.remote(
+                exp.population, exp.model_factory, exp.training, exp.aggregation, exp.seed
+            )
+            for _ in range(self.num_workers)
+        ]
+        server_actor: Any = ray.remote(num_cpus=0)(ParameterServer)
+        self._server = server_actor.remote(initial, exp.strategy, exp.mechanism, exp.aggregation)
+        self._weights = self._server.weights.remote()
+        ray.get([self._weights, *[w.__ray_ready__.remote() for w in self._workers]])
+        self._eval_ids = exp.population.held_out_ids(exp.evaluation.num_clients)
+
+    def run_round(self, round_idx: int) -> dict[str, float]:
+        """Runs one round and waits for the server to apply it; returns the round's metrics."""
+        exp = self.experiment
+        start = time.perf_counter()
+        t = float(round_idx)  # Simulated clock: one time unit per round until clocks land.
+        mask = exp.availability.available(t)
+        rng = generator(exp.seed, Stream.SELECTION, round_idx)
+        cohort = exp.participation.select(round_idx, t, mask, rng)
+        chunks = split_chunks(cohort, exp.cluster.chunk_size_for(exp.participation.cohort_size))
+        refs = [
+            worker.train.remote(self._weights, round_idx, work)
+            for worker, work in zip(self._workers, assign(chunks, self.num_workers), strict=True)
+            if work
+        ]
+        self._weights, stats_ref = self._server.apply.options(num_returns=2).remote(
+            round_idx, *refs
+        )
+        metrics: dict[str, float] = ray.get(stats_ref)
+        round_s = time.perf_counter() - start
+        metrics.update(
+            {
+                "participation/cohort_size": float(len(cohort)),
+                "participation/cohort_examples": float(self.registry.num_examples[cohort].sum()),
+                "participation/available": float(np.count_nonzero(mask)),
+                "system/round_s": round_s,
+                "system/client_updates_per_s": len(cohort) / round_s,
+            }
+        )
+        return metrics
+
+    def evaluate(self) -> EvalStats:
+        """Evaluates the current weights on the held-out clients, split across the workers."""
+        parts = np.array_split(self._eval_ids, self.num_workers)
+        refs = [
+            worker.evaluate.remote(self._weights, ids)
+            for worker, ids in zip(self._workers, parts, strict=True)
+            if len(ids)
+        ]
+        stats: list[EvalStats] = ray.get(refs)
+        total = stats[0]
+        for other in stats[1:]:
+            total.merge(other)
+        return total
+
+    def weights(self) -> np.ndarray:
+        """The current weights, fetched to the driver."""
+        return np.asarray(ray.get(self._weights))

@@ -1,0 +1,99 @@
+"""Where metrics go: metrics.jsonl, a wandb run (driver only), and a progress bar.
+
+Keys are namespaced train/ eval/ privacy/ participation/ system/, and `round` is the x-axis.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from types import TracebackType
+from typing import Any, cast
+
+from tqdm import tqdm
+
+from engine.settings import Tracking
+
+_BAR_KEYS = {"train/loss": "loss", "eval/accuracy": "acc", "system/client_updates_per_s": "cl/s"}
+
+
+class RunTracker:
+    """Records one run. Use as a context manager; `finish` writes the summary.
+
+    Args:
+        output_dir: The run's output directory (Hydra's runtime.output_dir).
+        tracking: wandb mode, project and group, and whether to show progress.
+        name: Experiment name, the wandb group unless `tracking.group` is set.
+        config: The resolved config, stored with the wandb run.
+        rounds: Rounds planned, for the progress bar.
+    """
+
+    def __init__(
+        self,
+        output_dir: Path,
+        tracking: Tracking,
+        name: str,
+        config: dict[str, Any],
+        rounds: int,
+    ) -> None:
+        self.output_dir = output_dir
+        output_dir.mkdir(parents=True, exist_ok=True)
+        self._metrics = (output_dir / "metrics.jsonl").open("w", encoding="utf-8")
+        self._bar = tqdm(total=rounds, unit="round", disable=not tracking.progress, file=sys.stderr)
+        self._shown: dict[str, str] = {}
+        self._wandb = None
+        if tracking.mode != "disabled":
+            import wandb  # Imported here: a disabled run never pays for it.
+
+            self._wandb = wandb.init(
+                project=tracking.project,
+                group=tracking.group or name,
+                name=f"{name}-{output_dir.name}",
+                mode=cast(Any, tracking.mode),
+                dir=str(output_dir),
+                config=config,
+            )
+            self._wandb.define_metric("round")
+            self._wandb.define_metric("*", step_metric="round")
+
+    def log(self, metrics: dict[str, float]) -> None:
+        """Records one round's metrics; `metrics["round"]` must increase."""
+        self._metrics.write(json.dumps(metrics, sort_keys=True) + "\n")
+        self._metrics.flush()
+        if self._wandb is not None:
+            self._wandb.log(metrics)
+        self._shown.update(
+            {short: f"{metrics[k]:.3g}" for k, short in _BAR_KEYS.items() if k in metrics}
+        )
+        self._bar.set_postfix(self._shown, refresh=False)
+        self._bar.update(1)
+
+    def finish(self, summary: dict[str, Any]) -> Path:
+        """Writes summary.json, closes the wandb run; returns the summary's path."""
+        path = self.output_dir / "summary.json"
+        path.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        if self._wandb is not None:
+            self._wandb.summary.update(summary)
+        self.close()
+        return path
+
+    def close(self) -> None:
+        """Closes the file, the bar and the wandb run (idempotent)."""
+        if not self._metrics.closed:
+            self._metrics.close()
+        self._bar.close()
+        if self._wandb is not None:
+            self._wandb.finish()
+            self._wandb = None
+
+    def __enter__(self) -> RunTracker:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()

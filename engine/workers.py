@@ -1,0 +1,76 @@
+"""Client workers: Ray actors that train chunks of virtual clients and return partial sums.
+
+A virtual client is a row, not a process: a worker builds each client's data, trains it, and
+adds its update to the chunk's partial, one client after another. A chunk's partial is a pure
+function of (weights, client ids, round, seed), so a crashed worker can simply be restarted and
+its call retried.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from engine.aggregation import Aggregator, Partial
+from engine.client import EvalStats, LocalTraining, evaluate, train_client
+from engine.population import ClientData, Population
+from engine.rng import Stream, generator
+
+
+class ClientWorker:
+    """Trains and evaluates clients of one population. Wrapped in `ray.remote` by the driver.
+
+    Args:
+        population: The population; only the clients asked for are ever built.
+        model_factory: Builds a scratch module of the run's architecture.
+        training: Local SGD settings.
+        aggregator: How updates are weighted and summed.
+        seed: Run seed; client c's round-r stream is (seed, CLIENT_TRAIN, r, c).
+    """
+
+    def __init__(
+        self,
+        population: Population,
+        model_factory: Callable[[], nn.Module],
+        training: LocalTraining,
+        aggregator: Aggregator,
+        seed: int,
+    ) -> None:
+        torch.set_num_threads(1)
+        self._population = population
+        self._model = model_factory()
+        self._training = training
+        self._aggregator = aggregator
+        self._seed = seed
+        self._eval_data: tuple[bytes, ClientData] | None = None
+
+    def train(
+        self, weights: np.ndarray, round_idx: int, chunks: Sequence[np.ndarray]
+    ) -> list[Partial]:
+        """Trains every client of every chunk; returns one partial per chunk, in order."""
+        params = torch.tensor(weights)
+        partials = []
+        for chunk in chunks:
+            partial = self._aggregator.zeros(len(params))
+            for client_id in chunk.tolist():
+                rng = generator(self._seed, Stream.CLIENT_TRAIN, round_idx, client_id)
+                data = self._population.client_data(client_id)
+                update = train_client(self._model, params, data, self._training, rng)
+                partial.add(update, self._aggregator.client_weight(update))
+            partials.append(partial)
+        return partials
+
+    def evaluate(self, weights: np.ndarray, client_ids: np.ndarray) -> EvalStats:
+        """Evaluates `weights` on the given (held-out) clients; their data is cached."""
+        key = client_ids.tobytes()
+        if self._eval_data is None or self._eval_data[0] != key:
+            parts = [self._population.client_data(c) for c in client_ids.tolist()]
+            data = ClientData(
+                x=np.concatenate([p.x for p in parts]), y=np.concatenate([p.y for p in parts])
+            )
+            self._eval_data = (key, data)
+        params = torch.tensor(weights)
+        return evaluate(self._model, params, self._eval_data[1], self._population.num_classes)

@@ -1,0 +1,15 @@
+"""Privacy: noise mechanisms (and, later, clipping and accounting).
+
+Conventions, used everywhere in fedray:
+    - Adjacency is user-level: one client's whole data replaced by zero (dp-accounting's
+      `NeighboringRelation.REPLACE_SPECIAL`).
+    - A participation bound (k, b) means at most k participations, any two at least b rounds
+      apart (|i - j| >= b).
+    - Released values are x_t + (C^-1 z)_t with z ~ N(0, sigma^2 clip^2) per coordinate, and
+      rho = sens(C; k, b)^2 / (2 sigma^2).
+"""
+
+from mechanisms.base import Mechanism
+from mechanisms.noiseless import NoNoise
+
+__all__ = ["Mechanism", "NoNoise"]
