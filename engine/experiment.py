@@ -18,6 +18,7 @@ from engine.client import LocalTraining
 from engine.errors import ConfigError, require
 from engine.participation import ParticipationPolicy
 from engine.population import Population
+from engine.rng import MAX_SEED
 from engine.settings import Cluster, Evaluation, Tracking
 from mechanisms.base import Mechanism
 from strategies.base import Strategy
@@ -105,7 +106,7 @@ def build_experiment(cfg: DictConfig) -> tuple[Experiment, Tracking]:
         ConfigError: naming the first invalid key, e.g. "rounds: must be >= 1, got -1".
     """
     name, seed, rounds = _checked("", lambda: (str(cfg.name), int(cfg.seed), int(cfg.rounds)))
-    require(seed >= 0, "seed", f"must be >= 0, got {seed}")
+    require(0 <= seed <= MAX_SEED, "seed", f"must be in [0, 2**32), got {seed}")
     require(rounds >= 1, "rounds", f"must be >= 1, got {rounds}")
     experiment = Experiment(
         name=name,

@@ -14,9 +14,9 @@ from functools import cached_property
 import numpy as np
 
 from engine.errors import require
-from engine.rng import Stream, generator, lognormal_counts
+from engine.rng import MAX_SEED, Stream, generator, lognormal_counts
 
-_REGISTRY_BLOCK = 1 << 20
+_REGISTRY_BLOCK = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -118,7 +118,7 @@ class SyntheticPopulation(Population):
 
     def __post_init__(self) -> None:
         require(self.num_clients >= 1, "num_clients", f"must be >= 1, got {self.num_clients}")
-        require(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
+        require(0 <= self.seed <= MAX_SEED, "seed", f"must be in [0, 2**32), got {self.seed}")
         require(self.num_features >= 1, "num_features", "must be >= 1")
         require(self.num_classes >= 2, "num_classes", "must be >= 2")
         require(self.alpha >= 0, "alpha", "must be >= 0")

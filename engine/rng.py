@@ -24,9 +24,17 @@ class Stream(IntEnum):
     CLIENT_SIZE = 5
 
 
+MAX_SEED = 2**32 - 1
+
+
 def generator(seed: int, stream: Stream, *keys: int) -> np.random.Generator:
-    """Returns a fresh generator for (seed, stream, *keys)."""
-    return np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, int(stream), *keys])))
+    """Returns a fresh generator for (seed, stream, *keys).
+
+    The number of keys is part of the entropy: SeedSequence pads with zeros, which would
+    otherwise make (seed, stream) and (seed, stream, 0) the same stream.
+    """
+    entropy = [seed, int(stream), len(keys), *keys]
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence(entropy)))
 
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -55,7 +63,9 @@ def uniform(seed: int, stream: Stream, ids: np.ndarray) -> np.ndarray:
     key = _splitmix64(np.array([seed * 1_000_003 + int(stream)], dtype=np.uint64))
     with np.errstate(over="ignore"):
         bits = _splitmix64(np.asarray(ids, dtype=np.uint64) * _GOLDEN ^ key)
-    return ((bits >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0**-53
+    u = ((bits >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0**-53
+    # Above 2**52, x + 0.5 rounds half to even: the top hash would give exactly 1.0.
+    return np.minimum(u, 1.0 - 2.0**-53)
 
 
 def lognormal_counts(

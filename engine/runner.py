@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import resource
 import time
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,11 @@ def start_ray(cluster: Cluster) -> bool:
 def sha256_of(data: bytes) -> str:
     """Hex SHA-256."""
     return hashlib.sha256(data).hexdigest()
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory, in MiB (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run_experiment(
@@ -77,6 +83,7 @@ def run_experiment(
                 "population/num_clients": experiment.population.num_clients,
                 "population/registry_bytes": sim.registry.nbytes,
                 "model/num_params": sim.num_params,
+                "system/driver_peak_rss_mib": peak_rss_mib(),
             }
             return rec.finish(summary)
     finally:

@@ -30,6 +30,26 @@ def split_chunks(cohort: np.ndarray, chunk_size: int) -> list[np.ndarray]:
     return np.array_split(cohort, num_chunks)
 
 
+def initial_weights(experiment: Experiment) -> np.ndarray:
+    """The model's initial flat weights, a function of the run seed alone."""
+    model = experiment.model_factory()
+    init_parameters(model, seed=int(generator(experiment.seed, Stream.MODEL_INIT).integers(2**62)))
+    return flatten(model)
+
+
+def select_cohort(experiment: Experiment, round_idx: int) -> tuple[np.ndarray, np.ndarray]:
+    """The availability mask and the cohort of round `round_idx`."""
+    t = float(round_idx)  # Simulated clock: one time unit per round until clocks land.
+    mask = experiment.availability.available(t)
+    rng = generator(experiment.seed, Stream.SELECTION, round_idx)
+    return mask, experiment.participation.select(round_idx, t, mask, rng)
+
+
+def plan_chunks(experiment: Experiment, cohort: np.ndarray) -> list[np.ndarray]:
+    """The cohort's chunks: they depend on the cohort and config only, never on the workers."""
+    return split_chunks(cohort, experiment.cluster.chunk_size_for(len(cohort)))
+
+
 def assign(chunks: Sequence[np.ndarray], num_workers: int) -> list[list[np.ndarray]]:
     """Gives each worker a contiguous run of chunks, keeping chunk order across workers."""
     bounds = np.linspace(0, len(chunks), num_workers + 1).round().astype(int)
@@ -50,9 +70,7 @@ class Simulation:
     def __init__(self, experiment: Experiment) -> None:
         self.experiment = experiment
         exp = experiment
-        model = exp.model_factory()
-        init_parameters(model, seed=int(generator(exp.seed, Stream.MODEL_INIT).integers(2**62)))
-        initial = flatten(model)
+        initial = initial_weights(exp)
         self.num_params = len(initial)
         self.registry = exp.population.registry()
         cpus = float(ray.cluster_resources().get("CPU", 1.0))
@@ -76,15 +94,12 @@ class Simulation:
         """Runs one round and waits for the server to apply it; returns the round's metrics."""
         exp = self.experiment
         start = time.perf_counter()
-        t = float(round_idx)  # Simulated clock: one time unit per round until clocks land.
-        mask = exp.availability.available(t)
-        rng = generator(exp.seed, Stream.SELECTION, round_idx)
-        cohort = exp.participation.select(round_idx, t, mask, rng)
-        chunks = split_chunks(cohort, exp.cluster.chunk_size_for(exp.participation.cohort_size))
+        mask, cohort = select_cohort(exp, round_idx)
+        work = assign(plan_chunks(exp, cohort), self.num_workers)
         refs = [
-            worker.train.remote(self._weights, round_idx, work)
-            for worker, work in zip(self._workers, assign(chunks, self.num_workers), strict=True)
-            if work
+            worker.train.remote(self._weights, round_idx, chunks)
+            for worker, chunks in zip(self._workers, work, strict=True)
+            if chunks
         ]
         self._weights, stats_ref = self._server.apply.options(num_returns=2).remote(
             round_idx, *refs

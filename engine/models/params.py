@@ -21,6 +21,9 @@ def assign_flat(model: nn.Module, flat: torch.Tensor) -> None:
     Unlike `torch.nn.utils.vector_to_parameters`, the parameters do not become views of `flat`:
     training the model leaves `flat` unchanged.
     """
+    expected = sum(param.numel() for param in model.parameters())
+    if flat.numel() != expected:
+        raise ValueError(f"flat vector has {flat.numel()} values, the model has {expected}")
     offset = 0
     with torch.no_grad():
         for param in model.parameters():

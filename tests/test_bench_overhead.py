@@ -1,0 +1,89 @@
+"""Smoke test of scripts/bench_overhead.py: its JSON lines, and the floor's determinism."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_overhead.py"
+KEYS = {
+    "bench",
+    "system",
+    "num_clients",
+    "cohort_size",
+    "rounds",
+    "steady_round_s",
+    "steady_round_s_mean",
+    "steady_round_s_p90",
+    "cold_start_s",
+    "cold_start_process_s",
+    "driver_peak_rss_mib",
+    "model_sha256",
+    "floor_steady_round_s",
+    "overhead_ms",
+    "ratio_to_floor",
+}
+
+
+def _load_script() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bench_overhead", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up here
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def lines() -> list[dict[str, Any]]:
+    """The script's output for one tiny population: floor, then fedray with 1 worker."""
+    args = ["--populations", "1000", "--cohorts", "10", "--rounds", "3"]
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), *args, "--systems", "floor,fedray_w1"],
+        stdout=subprocess.PIPE,
+        text=True,
+        check=True,
+        timeout=300,
+        env={**os.environ, "WANDB_MODE": "disabled"},
+    )
+    return [json.loads(line) for line in proc.stdout.splitlines()]
+
+
+def test_script_prints_one_json_line_per_case_with_the_floor_first(lines):
+    assert [line["system"] for line in lines] == ["floor", "fedray_w1"]
+    for line in lines:
+        assert set(line) == KEYS
+        assert line["bench"] == "overhead"
+        assert (line["num_clients"], line["cohort_size"], line["rounds"]) == (1000, 10, 3)
+        for key in ("steady_round_s", "steady_round_s_mean", "steady_round_s_p90"):
+            assert line[key] > 0
+        assert 0 < line["cold_start_s"] < line["cold_start_process_s"]
+        assert line["driver_peak_rss_mib"] > 0
+        assert line["floor_steady_round_s"] == lines[0]["steady_round_s"]
+        assert line["ratio_to_floor"] > 0
+    assert lines[0]["ratio_to_floor"] == 1.0
+    # The floor does fedray's arithmetic in the same order: bit-identical final weights.
+    assert lines[0]["model_sha256"] == lines[1]["model_sha256"]
+
+
+def test_floor_weights_are_deterministic_and_match_the_floor_case(lines):
+    bench = _load_script()
+    experiment = bench.build_experiment(1000, 10, rounds=3, seed=0)
+    threads = torch.get_num_threads()
+    try:
+        first, second = bench.floor_weights(experiment), bench.floor_weights(experiment)
+    finally:
+        torch.set_num_threads(threads)  # the floor pins torch to one thread, as workers do
+    assert first.dtype == np.float32
+    assert np.array_equal(first, second)
+    assert bench.sha256_of(first.tobytes()) == lines[0]["model_sha256"]

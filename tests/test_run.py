@@ -1,0 +1,111 @@
+"""The `fedray` command: config validation before Ray starts, and a whole run's outputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from engine.errors import ConfigError
+from engine.experiment import build_experiment
+from engine.run import check_command_line
+from engine.runner import run_experiment
+from tests.conftest import compose_config
+
+FEDRAY = str(Path(sys.executable).with_name("fedray"))
+
+
+def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    return subprocess.run(
+        list(args), cwd=cwd, env=env, capture_output=True, text=True, timeout=300, check=False
+    )
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("population.num_clints=5", "population.num_clints"),
+        ("rounds=-1", "rounds"),
+        ("participation.cohort_size=2000000", "participation.cohort_size"),
+        ("rounds=abc", "rounds"),
+        ("training.lr=0", "training.lr"),
+        ("eval.every=-2", "eval.every"),
+        ("tracking.mode=loud", "tracking.mode"),
+        ("aggregation.weighting=median", "aggregation.weighting"),
+        ("cluster.num_workers=0", "cluster.num_workers"),
+        ("population=nope", "population/nope"),
+    ],
+)
+def test_invalid_override_names_the_key(override, key):
+    with pytest.raises(ConfigError) as err:
+        check_command_line([override])
+    assert key in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_valid_command_lines_pass():
+    check_command_line([])
+    check_command_line(["experiment=smoke", "seed=3"])
+    check_command_line(["-m", "seed=1,2", "rounds=range(1,3)", "hydra/launcher=basic"])
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("population.num_clints=5", "population.num_clints"),
+        ("rounds=-1", "rounds"),
+        ("participation.cohort_size=2000000", "participation.cohort_size"),
+    ],
+)
+def test_cli_exits_before_ray_with_one_line(tmp_path, override, key):
+    result = _run(FEDRAY, override, cwd=tmp_path)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and key in lines[0] and lines[0].startswith("fedray: error:")
+    assert result.stdout == ""
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_module_entry_point_runs_and_prints_summary_last(tmp_path):
+    out = tmp_path / "run"
+    result = _run(
+        sys.executable,
+        "-m",
+        "engine.run",
+        "experiment=smoke",
+        "tracking.mode=offline",
+        f"hydra.run.dir={out}",
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == str(out / "summary.json")
+    assert list((out / "wandb").glob("offline-run-*"))
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_run_writes_metrics_and_summary(tmp_path):
+    cfg = compose_config("experiment=smoke", "eval.every=2", "rounds=5")
+    experiment, tracking = build_experiment(cfg)
+    path = run_experiment(experiment, tracking, tmp_path, {"rounds": 5}, "abc")
+    assert path == tmp_path / "summary.json"
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [row["round"] for row in rows] == list(range(5))
+    evaluated = [row["round"] for row in rows if "eval/accuracy" in row]
+    assert evaluated == [1, 3, 4]
+    for row in rows:
+        for key in ("train/loss", "participation/cohort_size", "system/round_s"):
+            assert key in row
+        assert row["system/client_updates_per_s"] > 0
+    summary = json.loads(path.read_text())
+    assert summary["rounds_completed"] == 5
+    assert summary["final/eval_accuracy"] == rows[-1]["eval/accuracy"]
+    assert 0 < summary["final/majority_class_rate"] <= 1
+    assert summary["config_sha256"] == "abc"
+    assert len(summary["model_sha256"]) == 64
+    for key in ("final/eval_loss", "system/total_s", "system/client_updates_per_s"):
+        assert summary[key] > 0
