@@ -105,7 +105,7 @@ def build_experiment(cfg: DictConfig) -> tuple[Experiment, Tracking]:
     Raises:
         ConfigError: naming the first invalid key, e.g. "rounds: must be >= 1, got -1".
     """
-    name, seed, rounds = _checked("", lambda: (str(cfg.name), int(cfg.seed), int(cfg.rounds)))
+    name, seed, rounds = str(cfg.name), int(cfg.seed), int(cfg.rounds)  # typed by the schema
     require(0 <= seed <= MAX_SEED, "seed", f"must be in [0, 2**32), got {seed}")
     require(rounds >= 1, "rounds", f"must be >= 1, got {rounds}")
     experiment = Experiment(

@@ -26,15 +26,15 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
 _MULTIRUN_FLAGS = ("-m", "--multirun")
 
 
-def _one_line(err: Exception) -> str:
-    """A one-line description of a composition error that names the key or group."""
-    if isinstance(err, MissingConfigException) and err.options:
-        return f"{err.missing_cfg_file}: no such option (choose from {', '.join(err.options)})"
+def _composition_error(err: Exception) -> ConfigError:
+    """The one-line `ConfigError` for a failure to compose, naming the key or group."""
+    if isinstance(err, MissingConfigException) and err.options and err.missing_cfg_file:
+        group, _, option = err.missing_cfg_file.rpartition("/")
+        choices = ", ".join(err.options)
+        return ConfigError(group or "config", f"no option '{option}' (choose from {choices})")
     cause = err.__cause__ if isinstance(err.__cause__, OmegaConfBaseException) else err
-    key = getattr(cause, "full_key", None)
-    message = getattr(cause, "msg", None) or str(cause)
-    first = message.strip().splitlines()[0]
-    return f"{key}: {first}" if key else first
+    message = (getattr(cause, "msg", None) or str(cause)).strip().splitlines()[0]
+    return ConfigError(getattr(cause, "full_key", None) or "command line", message)
 
 
 def _first_of_sweeps(overrides: list[str]) -> list[str]:
@@ -61,7 +61,7 @@ def check_command_line(args: list[str]) -> None:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
             cfg = compose(config_name="config", overrides=_first_of_sweeps(overrides))
     except (HydraException, OmegaConfBaseException) as err:
-        raise ConfigError("override", _one_line(err)) from None
+        raise _composition_error(err) from None
     build_experiment(cfg)
 
 

@@ -84,8 +84,14 @@ class RunTracker:
             self._metrics.close()
         self._bar.close()
         if self._wandb is not None:
+            run_dir = Path(self._wandb.dir).parent
+            offline = self._wandb.settings.mode == "offline"
             self._wandb.finish()
             self._wandb = None
+            if offline:
+                print(
+                    f"fedray: offline wandb run; upload with: wandb sync {run_dir}", file=sys.stderr
+                )
 
     def __enter__(self) -> RunTracker:
         return self

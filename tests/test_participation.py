@@ -149,26 +149,22 @@ def dense_masks(draw: st.DrawFn) -> np.ndarray:
     return _mask(n, available, draw(st.integers(0, 2**32 - 1)))
 
 
-@given(mask=sparse_masks(), data=st.data(), seed=st.integers(0, 2**32 - 1))
-@settings(max_examples=100, deadline=None)
-def test_sample_available_sparse_masks(mask, data, seed):
-    size = data.draw(st.integers(0, len(mask)))
-    ids, calls = _sample(mask, size, seed)
-    _check_cohort(ids, mask, size)
-    if len(ids):
-        assert "choice" in calls and "integers" not in calls
-    np.testing.assert_array_equal(ids, _sample(mask, size, seed)[0])
+@pytest.mark.parametrize(
+    ("masks", "path", "other"),
+    [(sparse_masks, "choice", "integers"), (dense_masks, "integers", "choice")],
+)
+def test_sample_available_takes_the_right_path(masks, path, other):
+    @given(mask=masks(), data=st.data(), seed=st.integers(0, 2**32 - 1))
+    @settings(max_examples=100, deadline=None)
+    def check(mask, data, seed):
+        size = data.draw(st.integers(0, len(mask)))
+        ids, calls = _sample(mask, size, seed)
+        _check_cohort(ids, mask, size)
+        if len(ids):
+            assert path in calls and other not in calls
+        np.testing.assert_array_equal(ids, _sample(mask, size, seed)[0])
 
-
-@given(mask=dense_masks(), data=st.data(), seed=st.integers(0, 2**32 - 1))
-@settings(max_examples=100, deadline=None)
-def test_sample_available_dense_masks(mask, data, seed):
-    size = data.draw(st.integers(0, len(mask)))
-    ids, calls = _sample(mask, size, seed)
-    _check_cohort(ids, mask, size)
-    if len(ids):
-        assert "integers" in calls and "choice" not in calls
-    np.testing.assert_array_equal(ids, _sample(mask, size, seed)[0])
+    check()
 
 
 @given(

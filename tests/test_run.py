@@ -38,7 +38,7 @@ def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
         ("tracking.mode=loud", "tracking.mode"),
         ("aggregation.weighting=median", "aggregation.weighting"),
         ("cluster.num_workers=0", "cluster.num_workers"),
-        ("population=nope", "population/nope"),
+        ("population=nope", "population: no option 'nope'"),
     ],
 )
 def test_invalid_override_names_the_key(override, key):
