@@ -17,20 +17,38 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 from engine.aggregation import DenseAggregator
-from engine.availability import AlwaysAvailable
+from engine.availability import AlwaysAvailable, DiurnalAvailability, MarkovAvailability
 from engine.client import LocalTraining
+from engine.clock import RoundClock
+from engine.datasets import DigitsDirichlet, H5Population, LeafPopulation
+from engine.devices import LognormalDevices
+from engine.fedscale import FedScaleAvailability, FedScaleDevices
 from engine.models import MLP, LogisticRegression
-from engine.participation import UniformParticipation
+from engine.participation import CyclicParticipation, UniformParticipation
 from engine.population import SyntheticPopulation
 from engine.settings import Cluster, Evaluation, Tracking
+from engine.traces import IntervalTraceAvailability
 from mechanisms.noiseless import NoNoise
 from strategies.fedavg import FedAvg
 
 # Pluggable components: (config group, option, class named by the option's `_target_`).
 COMPONENTS: tuple[tuple[str, str, Callable[..., Any]], ...] = (
     ("population", "synthetic", SyntheticPopulation),
+    ("population", "digits_dirichlet", DigitsDirichlet),
+    ("population", "leaf", LeafPopulation),
+    ("population", "tff_h5", H5Population),
     ("availability", "always", AlwaysAvailable),
+    ("availability", "diurnal", DiurnalAvailability),
+    ("availability", "markov", MarkovAvailability),
+    ("availability", "trace", IntervalTraceAvailability),
+    ("availability", "fedscale", FedScaleAvailability),
     ("participation", "uniform", UniformParticipation),
+    ("participation", "min_separation", UniformParticipation),
+    ("participation", "max_participations", UniformParticipation),
+    ("participation", "hourly", UniformParticipation),
+    ("participation", "cyclic", CyclicParticipation),
+    ("devices", "lognormal", LognormalDevices),
+    ("devices", "fedscale", FedScaleDevices),
     ("model", "logreg", LogisticRegression),
     ("model", "mlp", MLP),
     ("aggregation", "dense", DenseAggregator),
@@ -38,13 +56,22 @@ COMPONENTS: tuple[tuple[str, str, Callable[..., Any]], ...] = (
     ("mechanism", "none", NoNoise),
 )
 
+# Constructor arguments that the build injects from the population, so no config sets them.
+INJECTED: dict[str, tuple[str, ...]] = {
+    "availability": ("num_clients",),
+    "model": ("num_features", "num_classes"),
+}
 
-def schema_of(cls: Callable[..., Any], with_target: bool = True) -> type:
+
+def schema_of(
+    cls: Callable[..., Any], with_target: bool = True, injected: tuple[str, ...] = ()
+) -> type:
     """A mutable structured-config dataclass with the fields of `cls`'s constructor.
 
     Args:
         cls: A class whose constructor takes only config-typed keyword arguments.
         with_target: Add a `_target_` field naming `cls`, for `hydra.utils.instantiate`.
+        injected: Constructor arguments left out of the schema: the build supplies them.
     """
     hints = typing.get_type_hints(cls.__init__)
     fields: list[tuple[str, Any, Any]] = []
@@ -52,6 +79,8 @@ def schema_of(cls: Callable[..., Any], with_target: bool = True) -> type:
         target = f"{cls.__module__}.{cls.__qualname__}"
         fields.append(("_target_", str, dataclasses.field(default=target)))
     for name, param in inspect.signature(cls).parameters.items():
+        if name in injected:
+            continue
         default = MISSING if param.default is inspect.Parameter.empty else param.default
         fields.append((name, hints.get(name, Any), dataclasses.field(default=default)))
     return dataclasses.make_dataclass(f"{cls.__name__}Config", fields)
@@ -67,11 +96,13 @@ class Config:
     population: Any = MISSING
     availability: Any = MISSING
     participation: Any = MISSING
+    devices: Any = MISSING
     model: Any = MISSING
     aggregation: Any = MISSING
     strategy: Any = MISSING
     mechanism: Any = MISSING
     training: Any = dataclasses.field(default_factory=schema_of(LocalTraining, with_target=False))
+    clock: Any = dataclasses.field(default_factory=schema_of(RoundClock, with_target=False))
     eval: Any = dataclasses.field(default_factory=schema_of(Evaluation, with_target=False))
     cluster: Any = dataclasses.field(default_factory=schema_of(Cluster, with_target=False))
     tracking: Any = dataclasses.field(default_factory=schema_of(Tracking, with_target=False))
@@ -82,4 +113,5 @@ def register_configs() -> None:
     store = ConfigStore.instance()
     store.store(name="base_config", node=Config)
     for group, option, cls in COMPONENTS:
-        store.store(group=f"schema/{group}", name=option, node=schema_of(cls))
+        node = schema_of(cls, injected=INJECTED.get(group, ()))
+        store.store(group=f"schema/{group}", name=option, node=node)

@@ -15,6 +15,8 @@ from torch import nn
 from engine.aggregation import Aggregator
 from engine.availability import Availability
 from engine.client import LocalTraining
+from engine.clock import RoundClock
+from engine.devices import DeviceProfiles
 from engine.errors import ConfigError, require
 from engine.participation import ParticipationPolicy
 from engine.population import Population
@@ -37,6 +39,8 @@ class Experiment:
         population: Who the clients are.
         availability: Who is online when.
         participation: Who trains in each round.
+        clock: Deadline, over-selection, dropouts and retries in simulated time.
+        devices: Clients' compute speed and bandwidth.
         model_factory: Builds a fresh, uninitialised module.
         training: Clients' local SGD.
         aggregation: How updates are weighted and summed.
@@ -52,6 +56,8 @@ class Experiment:
     population: Population
     availability: Availability
     participation: ParticipationPolicy
+    clock: RoundClock
+    devices: DeviceProfiles
     model_factory: Callable[[], nn.Module]
     training: LocalTraining
     aggregation: Aggregator
@@ -87,13 +93,14 @@ def _section(cfg: DictConfig, key: str, cls: Callable[..., T]) -> T:
     return _checked(key, lambda: cls(**as_dict(cfg[key])))
 
 
-def _component(cfg: DictConfig, key: str) -> Any:
-    return _checked(key, lambda: hydra.utils.instantiate(cfg[key], _convert_="all"))
+def _component(cfg: DictConfig, key: str, **injected: Any) -> Any:
+    return _checked(key, lambda: hydra.utils.instantiate(cfg[key], _convert_="all", **injected))
 
 
-def _model_factory(cfg: DictConfig) -> Callable[[], nn.Module]:
+def _model_factory(cfg: DictConfig, population: Population) -> Callable[[], nn.Module]:
+    shape = {"num_features": population.num_features, "num_classes": population.num_classes}
     factory: Callable[[], nn.Module] = _checked(
-        "model", lambda: hydra.utils.instantiate(cfg.model, _partial_=True)
+        "model", lambda: hydra.utils.instantiate(cfg.model, _partial_=True, **shape)
     )
     _checked("model", factory)  # build one now, so that impossible sizes fail before Ray starts
     return factory
@@ -108,14 +115,17 @@ def build_experiment(cfg: DictConfig) -> tuple[Experiment, Tracking]:
     name, seed, rounds = str(cfg.name), int(cfg.seed), int(cfg.rounds)  # typed by the schema
     require(0 <= seed <= MAX_SEED, "seed", f"must be in [0, 2**32), got {seed}")
     require(rounds >= 1, "rounds", f"must be >= 1, got {rounds}")
+    population: Population = _component(cfg, "population")
     experiment = Experiment(
         name=name,
         seed=seed,
         rounds=rounds,
-        population=_component(cfg, "population"),
-        availability=_component(cfg, "availability"),
+        population=population,
+        availability=_component(cfg, "availability", num_clients=population.num_clients),
         participation=_component(cfg, "participation"),
-        model_factory=_model_factory(cfg),
+        clock=_section(cfg, "clock", RoundClock),
+        devices=_component(cfg, "devices"),
+        model_factory=_model_factory(cfg, population),
         training=_section(cfg, "training", LocalTraining),
         aggregation=_component(cfg, "aggregation"),
         strategy=_component(cfg, "strategy"),
@@ -135,8 +145,9 @@ def _check_consistent(experiment: Experiment) -> None:
         "participation.cohort_size",
         f"{cohort} is larger than population.num_clients={num_clients}",
     )
+    largest = experiment.participation.max_cohort(num_clients)
     require(
-        experiment.availability.num_clients == num_clients,
-        "availability.num_clients",
-        f"{experiment.availability.num_clients} != population.num_clients={num_clients}",
+        cohort <= largest,
+        "participation.cohort_size",
+        f"{cohort} is larger than the {largest} clients a round may choose from",
     )

@@ -60,6 +60,7 @@ class Population(ABC):
 
     num_clients: int
     num_classes: int
+    num_features: int
 
     @abstractmethod
     def num_examples(self, ids: np.ndarray) -> np.ndarray:

@@ -22,6 +22,10 @@ class Stream(IntEnum):
     SELECTION = 3
     TASK = 4
     CLIENT_SIZE = 5
+    AVAILABILITY = 6
+    DEVICE = 7
+    DROPOUT = 8
+    PARTITION = 9
 
 
 MAX_SEED = 2**32 - 1

@@ -56,6 +56,7 @@ def check_command_line(args: list[str]) -> None:
     Raises:
         ConfigError: naming the first invalid key.
     """
+    register_configs()
     overrides = [a for a in args if a not in _MULTIRUN_FLAGS]
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):

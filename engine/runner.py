@@ -13,9 +13,13 @@ import numpy as np
 import ray
 
 from engine.experiment import Experiment
+from engine.ledger import ParticipationLedger
+from engine.plots import availability_over_time, participation_histogram
 from engine.settings import Cluster, Tracking
 from engine.simulation import Simulation
 from engine.tracking import RunTracker
+
+_SERIES = ("system/sim_time_h", "participation/available", "participation/reported")
 
 
 def start_ray(cluster: Cluster) -> bool:
@@ -49,43 +53,89 @@ def run_experiment(
     config: dict[str, Any],
     config_sha256: str,
 ) -> Path:
-    """Runs every round of `experiment`, writing metrics and the summary under `output_dir`.
+    """Runs every round of `experiment`, writing metrics, figures and the summary.
 
     Returns:
         The path of summary.json.
     """
     start = time.perf_counter()
     started = start_ray(experiment.cluster)
+    log_path = output_dir / "participation.parquet" if tracking.participation_log else None
+    ledger = ParticipationLedger(experiment.population.num_clients, log_path)
     try:
-        sim = Simulation(experiment)
+        sim = Simulation(experiment, ledger)
         cold_start_s = time.perf_counter() - start
         with RunTracker(output_dir, tracking, experiment.name, config, experiment.rounds) as rec:
-            train_s, updates, final = 0.0, 0, {}
+            history: list[dict[str, Any]] = []
+            final: dict[str, float] = {}
             for round_idx in range(experiment.rounds):
                 metrics: dict[str, Any] = {"round": round_idx, **sim.run_round(round_idx)}
-                train_s += metrics["system/round_s"]
-                updates += int(metrics["participation/cohort_size"])
                 if experiment.evaluation.due(round_idx, experiment.rounds):
                     final = sim.evaluate().metrics()
                     metrics.update({k: final[k] for k in ("eval/accuracy", "eval/loss")})
                 rec.log(metrics)
-            weights = sim.weights()
+                history.append(metrics)
+            ledger.close()
+            rec.log_images(experiment.rounds - 1, _figures(output_dir, ledger, history))
             summary = {
-                "rounds_completed": experiment.rounds,
-                "final/eval_accuracy": final["eval/accuracy"],
-                "final/eval_loss": final["eval/loss"],
-                "final/majority_class_rate": final["eval/majority_class_rate"],
+                **_run_summary(experiment, sim, history, final),
                 "system/total_s": time.perf_counter() - start,
                 "system/cold_start_s": cold_start_s,
-                "system/client_updates_per_s": updates / max(train_s, 1e-9),
-                "model_sha256": sha256_of(np.ascontiguousarray(weights).tobytes()),
                 "config_sha256": config_sha256,
-                "population/num_clients": experiment.population.num_clients,
-                "population/registry_bytes": sim.registry.nbytes,
-                "model/num_params": sim.num_params,
-                "system/driver_peak_rss_mib": peak_rss_mib(),
             }
             return rec.finish(summary)
     finally:
+        ledger.close()
         if started:
             ray.shutdown()
+
+
+def _run_summary(
+    experiment: Experiment,
+    sim: Simulation,
+    history: list[dict[str, Any]],
+    final: dict[str, float],
+) -> dict[str, Any]:
+    """The summary's figures of merit, the participation bound and its check included."""
+    ledger = sim.scheduler.ledger
+    bound = experiment.participation.bound
+    observed = ledger.observed()
+    train_s = sum(m["system/round_s"] for m in history)
+    updates = sum(m["participation/cohort_size"] for m in history)
+    return {
+        "rounds_completed": len(history),
+        "final/eval_accuracy": final["eval/accuracy"],
+        "final/eval_loss": final["eval/loss"],
+        "final/majority_class_rate": final["eval/majority_class_rate"],
+        "system/client_updates_per_s": updates / max(train_s, 1e-9),
+        "system/sim_time_h": sim.scheduler.now_s / 3600.0,
+        "model_sha256": sha256_of(np.ascontiguousarray(sim.weights()).tobytes()),
+        "population/num_clients": experiment.population.num_clients,
+        "population/registry_bytes": sim.registry.nbytes,
+        "model/num_params": sim.num_params,
+        "participation/bound_max_participations": bound.max_participations,
+        "participation/bound_min_separation": bound.min_separation,
+        "participation/bound_holds": ledger.check(bound.max_participations, bound.min_separation),
+        "participation/observed_max_participations": observed.max_participations,
+        "participation/observed_min_separation": observed.min_separation,
+        "participation/clients_seen": observed.clients,
+        "system/driver_peak_rss_mib": peak_rss_mib(),
+    }
+
+
+def _figures(
+    output_dir: Path, ledger: ParticipationLedger, history: list[dict[str, Any]]
+) -> dict[str, Path]:
+    """Writes the end-of-run PNGs; returns them by wandb key."""
+    series = {k: np.array([m[k] for m in history]) for k in _SERIES}
+    return {
+        "participation/histogram": participation_histogram(
+            ledger.count, output_dir / "participation_histogram.png"
+        ),
+        "participation/availability_over_time": availability_over_time(
+            series["system/sim_time_h"],
+            series["participation/available"],
+            series["participation/reported"],
+            output_dir / "availability_over_time.png",
+        ),
+    }

@@ -72,12 +72,15 @@ class Tracking:
         project: wandb project.
         group: wandb group; None uses the experiment name.
         progress: Show a progress bar on stderr.
+        participation_log: Keep the ledger's append-only (round, client_id) log as
+            participation.parquet in the output directory.
     """
 
     mode: str = "offline"
     project: str = "fedray"
     group: str | None = None
     progress: bool = True
+    participation_log: bool = False
 
     def __post_init__(self) -> None:
         require(self.mode in TRACKING_MODES, "mode", f"must be one of {TRACKING_MODES}")

@@ -18,8 +18,11 @@ import ray
 
 from engine.client import EvalStats
 from engine.experiment import Experiment
+from engine.ledger import ParticipationLedger
 from engine.models import flatten, init_parameters
+from engine.population import ClientRegistry
 from engine.rng import Stream, generator
+from engine.schedule import Scheduler
 from engine.server import ParameterServer
 from engine.workers import ClientWorker
 
@@ -37,12 +40,25 @@ def initial_weights(experiment: Experiment) -> np.ndarray:
     return flatten(model)
 
 
-def select_cohort(experiment: Experiment, round_idx: int) -> tuple[np.ndarray, np.ndarray]:
-    """The availability mask and the cohort of round `round_idx`."""
-    t = float(round_idx)  # Simulated clock: one time unit per round until clocks land.
-    mask = experiment.availability.available(t)
-    rng = generator(experiment.seed, Stream.SELECTION, round_idx)
-    return mask, experiment.participation.select(round_idx, t, mask, rng)
+def make_scheduler(
+    experiment: Experiment,
+    registry: ClientRegistry,
+    num_params: int,
+    ledger: ParticipationLedger | None = None,
+) -> Scheduler:
+    """The round scheduler of `experiment`, with a fresh ledger unless one is given."""
+    exp = experiment
+    return Scheduler(
+        seed=exp.seed,
+        availability=exp.availability,
+        participation=exp.participation,
+        clock=exp.clock,
+        devices=exp.devices,
+        num_examples=registry.num_examples,
+        epochs=exp.training.epochs,
+        model_bytes=4 * num_params,
+        ledger=ParticipationLedger(registry.num_clients) if ledger is None else ledger,
+    )
 
 
 def plan_chunks(experiment: Experiment, cohort: np.ndarray) -> list[np.ndarray]:
@@ -65,14 +81,16 @@ class Simulation:
 
     Args:
         experiment: The validated experiment.
+        ledger: The participation ledger to commit to; None keeps a fresh one without a log.
     """
 
-    def __init__(self, experiment: Experiment) -> None:
+    def __init__(self, experiment: Experiment, ledger: ParticipationLedger | None = None) -> None:
         self.experiment = experiment
         exp = experiment
         initial = initial_weights(exp)
         self.num_params = len(initial)
         self.registry = exp.population.registry()
+        self.scheduler = make_scheduler(exp, self.registry, self.num_params, ledger)
         cpus = float(ray.cluster_resources().get("CPU", 1.0))
         self.num_workers = exp.cluster.num_workers or max(1, int(cpus))
         worker_actor: Any = ray.remote(
@@ -91,10 +109,14 @@ class Simulation:
         self._eval_ids = exp.population.held_out_ids(exp.evaluation.num_clients)
 
     def run_round(self, round_idx: int) -> dict[str, float]:
-        """Runs one round and waits for the server to apply it; returns the round's metrics."""
+        """Runs one round and waits for the server to apply it; returns the round's metrics.
+
+        The round's cohort is committed to the ledger only once the server has applied it.
+        """
         exp = self.experiment
         start = time.perf_counter()
-        mask, cohort = select_cohort(exp, round_idx)
+        plan = self.scheduler.plan(round_idx)
+        cohort = plan.cohort
         work = assign(plan_chunks(exp, cohort), self.num_workers)
         refs = [
             worker.train.remote(self._weights, round_idx, chunks)
@@ -105,12 +127,13 @@ class Simulation:
             round_idx, *refs
         )
         metrics: dict[str, float] = ray.get(stats_ref)
+        self.scheduler.commit(plan)
         round_s = time.perf_counter() - start
+        metrics.update(plan.metrics())
         metrics.update(
             {
                 "participation/cohort_size": float(len(cohort)),
                 "participation/cohort_examples": float(self.registry.num_examples[cohort].sum()),
-                "participation/available": float(np.count_nonzero(mask)),
                 "system/round_s": round_s,
                 "system/client_updates_per_s": len(cohort) / round_s,
             }

@@ -69,6 +69,15 @@ class RunTracker:
         self._bar.set_postfix(self._shown, refresh=False)
         self._bar.update(1)
 
+    def log_images(self, round_idx: int, images: dict[str, Path]) -> None:
+        """Logs PNG files (already saved in the output directory) to wandb at `round_idx`."""
+        if self._wandb is not None:
+            import wandb
+
+            self._wandb.log(
+                {"round": round_idx, **{k: wandb.Image(str(p)) for k, p in images.items()}}
+            )
+
     def finish(self, summary: dict[str, Any]) -> Path:
         """Writes summary.json, closes the wandb run; returns the summary's path."""
         path = self.output_dir / "summary.json"

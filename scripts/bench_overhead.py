@@ -36,6 +36,8 @@ import ray
 from engine.aggregation import DenseAggregator
 from engine.availability import AlwaysAvailable
 from engine.client import LocalTraining
+from engine.clock import RoundClock
+from engine.devices import LognormalDevices
 from engine.experiment import Experiment
 from engine.models import LogisticRegression
 from engine.participation import UniformParticipation
@@ -43,7 +45,7 @@ from engine.population import SyntheticPopulation
 from engine.runner import peak_rss_mib, sha256_of, start_ray
 from engine.server import ParameterServer
 from engine.settings import Cluster, Evaluation
-from engine.simulation import Simulation, initial_weights, plan_chunks, select_cohort
+from engine.simulation import Simulation, initial_weights, make_scheduler, plan_chunks
 from engine.workers import ClientWorker
 from mechanisms.noiseless import NoNoise
 from strategies.fedavg import FedAvg
@@ -72,6 +74,8 @@ def build_experiment(
         population=SyntheticPopulation(num_clients=num_clients, seed=seed),
         availability=AlwaysAvailable(num_clients),
         participation=UniformParticipation(cohort_size),
+        clock=RoundClock(),
+        devices=LognormalDevices(seed=seed),
         model_factory=functools.partial(LogisticRegression, 60, 10),
         training=LocalTraining(),
         aggregation=DenseAggregator(),
@@ -110,16 +114,17 @@ class Floor:
         self._worker = ClientWorker(
             exp.population, exp.model_factory, exp.training, exp.aggregation, exp.seed
         )
-        self._server = ParameterServer(
-            initial_weights(exp), exp.strategy, exp.mechanism, exp.aggregation
-        )
+        initial = initial_weights(exp)
+        self._scheduler = make_scheduler(exp, self.registry, len(initial))
+        self._server = ParameterServer(initial, exp.strategy, exp.mechanism, exp.aggregation)
         self._weights = self._server.weights()
 
     def run_round(self, round_idx: int) -> None:
         """Selects, trains and sums the cohort of round `round_idx`, then steps the strategy."""
-        _, cohort = select_cohort(self._exp, round_idx)
-        partials = self._worker.train(self._weights, round_idx, plan_chunks(self._exp, cohort))
+        plan = self._scheduler.plan(round_idx)
+        partials = self._worker.train(self._weights, round_idx, plan_chunks(self._exp, plan.cohort))
         self._weights, _ = self._server.apply(round_idx, partials)
+        self._scheduler.commit(plan)
 
     def weights(self) -> np.ndarray:
         """The current weights."""

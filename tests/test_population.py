@@ -12,6 +12,7 @@ from scipy import stats
 from scipy.optimize import minimize
 
 import engine.population as population_module
+from engine.datasets.digits import DigitsDirichlet
 from engine.errors import ConfigError
 from engine.population import ClientData, ClientRegistry, Population, SyntheticPopulation
 
@@ -23,6 +24,11 @@ POPULATIONS: list[tuple[str, Callable[[], Population]]] = [
         lambda: SyntheticPopulation(
             num_clients=7, seed=11, num_features=5, num_classes=3, min_examples=1, max_examples=9
         ),
+    ),
+    ("digits", lambda: DigitsDirichlet(num_clients=30, seed=3, num_held_out_clients=25)),
+    (
+        "digits-skewed",
+        lambda: DigitsDirichlet(num_clients=200, alpha=0.05, seed=8, num_held_out_clients=40),
     ),
 ]
 

@@ -39,11 +39,19 @@ def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
         ("aggregation.weighting=median", "aggregation.weighting"),
         ("cluster.num_workers=0", "cluster.num_workers"),
         ("population=nope", "population: no option 'nope'"),
+        ("clock.over_selection=0.5", "clock.over_selection"),
+        ("clock.dropout_prob=1", "clock.dropout_prob"),
+        ("availability.num_clients=5", "availability.num_clients"),  # injected, not configurable
+        ("participation.num_groups=3", "participation.num_groups"),  # only cyclic has groups
+        ("participation=cyclic participation.num_groups=0", "participation.num_groups"),
+        ("participation=cyclic participation.num_groups=100000", "participation.cohort_size"),
+        ("availability=diurnal availability.window_hours=30", "availability.window_hours"),
+        ("devices.median_mbps=0", "devices.median_mbps"),
     ],
 )
 def test_invalid_override_names_the_key(override, key):
     with pytest.raises(ConfigError) as err:
-        check_command_line([override])
+        check_command_line(override.split())
     assert key in str(err.value)
     assert "\n" not in str(err.value)
 
