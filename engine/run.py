@@ -33,8 +33,16 @@ def _composition_error(err: Exception) -> ConfigError:
         choices = ", ".join(err.options)
         return ConfigError(group or "config", f"no option '{option}' (choose from {choices})")
     cause = err.__cause__ if isinstance(err.__cause__, OmegaConfBaseException) else err
-    message = (getattr(cause, "msg", None) or str(cause)).strip().splitlines()[0]
-    return ConfigError(getattr(cause, "full_key", None) or "command line", message)
+    lines = [line.strip() for line in (getattr(cause, "msg", None) or str(cause)).splitlines()]
+    lines = [line for line in lines if line]
+    key = getattr(cause, "full_key", None) or next(
+        (line.partition(":")[2].strip() for line in lines if line.startswith("full_key:")), None
+    )
+    # Hydra wraps errors raised inside a config file as "In 'group/option': ... config:\n<why>".
+    if len(lines) > 1 and lines[0].startswith("In '") and lines[0].endswith(":"):
+        where = lines[0].split("'")[1]
+        return ConfigError(key or "command line", f"{lines[1]} (in {where})")
+    return ConfigError(key or "command line", lines[0] if lines else type(cause).__name__)
 
 
 def _first_of_sweeps(overrides: list[str]) -> list[str]:

@@ -183,12 +183,13 @@ def validate_intervals(
     for bad, what in ((unsorted, "not sorted by start"), (overlap, "overlaps")):
         if bad.any():
             k = int(np.flatnonzero(bad)[np.argmin(order[bad])])
-            i, prev = int(order[k]), int(order[k - 1])
+            i, prev = int(order[k]), locate(int(order[k - 1]))
+            at = f"line {prev}" if isinstance(prev, int) else prev
             raise trace_error(
                 path,
                 locate(i),
                 f"interval [{s[k]}, {e[k]}) of client {c[k]} {what} the one at "
-                f"{locate(prev)} [{s[k - 1]}, {e[k - 1]})",
+                f"{at} [{s[k - 1]}, {e[k - 1]})",
             )
     return Intervals(client=c, start=s, end=e, num_trace_clients=int(c[-1]) + 1)
 

@@ -47,6 +47,9 @@ def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
         ("participation=cyclic participation.num_groups=100000", "participation.cohort_size"),
         ("availability=diurnal availability.window_hours=30", "availability.window_hours"),
         ("devices.median_mbps=0", "devices.median_mbps"),
+        # smoke sets population.num_clients, which a file-backed population does not have
+        ("experiment=smoke population=leaf population.path=x.json", "population.num_clients"),
+        ("population=leaf population.path=/no/such.json", "population.path"),
     ],
 )
 def test_invalid_override_names_the_key(override, key):
