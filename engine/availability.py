@@ -10,7 +10,7 @@ import numpy as np
 from scipy.special import ndtri
 
 from engine.errors import require
-from engine.rng import Stream, generator, uniform
+from engine.rng import Stream, generator, require_seed, uniform
 
 
 class Availability(ABC):
@@ -85,6 +85,7 @@ class DiurnalAvailability(Availability):
 
     def __post_init__(self) -> None:
         require(self.num_clients >= 1, "num_clients", f"must be >= 1, got {self.num_clients}")
+        require_seed(self.seed)
         require(0 <= self.window_hours <= 24, "window_hours", "must be in [0, 24]")
         require(self.jitter_h >= 0, "jitter_h", "must be >= 0")
         require(0 <= self.timezone_spread_h <= 12, "timezone_spread_h", "must be in [0, 12]")
@@ -154,6 +155,7 @@ class MarkovAvailability(Availability):
 
     def __post_init__(self) -> None:
         require(self.num_clients >= 1, "num_clients", f"must be >= 1, got {self.num_clients}")
+        require_seed(self.seed)
         require(self.slot_s > 0, "slot_s", "must be > 0")
         for key in ("mean_on_h", "mean_off_h"):
             hours = getattr(self, key)

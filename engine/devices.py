@@ -13,7 +13,7 @@ import numpy as np
 from scipy.special import ndtri
 
 from engine.errors import require
-from engine.rng import MAX_SEED, Stream, uniform
+from engine.rng import Stream, require_seed, uniform
 
 
 class DeviceProfiles(ABC):
@@ -53,7 +53,7 @@ class LognormalDevices(DeviceProfiles):
     sigma_bandwidth: float = 0.8
 
     def __post_init__(self) -> None:
-        require(0 <= self.seed <= MAX_SEED, "seed", f"must be in [0, 2**32), got {self.seed}")
+        require_seed(self.seed)
         require(self.median_seconds_per_example > 0, "median_seconds_per_example", "must be > 0")
         require(self.sigma_speed >= 0, "sigma_speed", "must be >= 0")
         require(self.median_mbps > 0, "median_mbps", "must be > 0")

@@ -20,7 +20,7 @@ from engine.devices import DeviceProfiles
 from engine.errors import ConfigError, require
 from engine.participation import ParticipationPolicy
 from engine.population import Population
-from engine.rng import MAX_SEED
+from engine.rng import require_seed
 from engine.settings import Cluster, Evaluation, Tracking
 from mechanisms.base import Mechanism
 from strategies.base import Strategy
@@ -113,7 +113,7 @@ def build_experiment(cfg: DictConfig) -> tuple[Experiment, Tracking]:
         ConfigError: naming the first invalid key, e.g. "rounds: must be >= 1, got -1".
     """
     name, seed, rounds = str(cfg.name), int(cfg.seed), int(cfg.rounds)  # typed by the schema
-    require(0 <= seed <= MAX_SEED, "seed", f"must be in [0, 2**32), got {seed}")
+    require_seed(seed)
     require(rounds >= 1, "rounds", f"must be >= 1, got {rounds}")
     population: Population = _component(cfg, "population")
     experiment = Experiment(

@@ -14,7 +14,7 @@ from functools import cached_property
 import numpy as np
 
 from engine.errors import require
-from engine.rng import MAX_SEED, Stream, generator, lognormal_counts
+from engine.rng import Stream, generator, lognormal_counts, require_seed
 
 _REGISTRY_BLOCK = 1 << 16
 
@@ -119,7 +119,7 @@ class SyntheticPopulation(Population):
 
     def __post_init__(self) -> None:
         require(self.num_clients >= 1, "num_clients", f"must be >= 1, got {self.num_clients}")
-        require(0 <= self.seed <= MAX_SEED, "seed", f"must be in [0, 2**32), got {self.seed}")
+        require_seed(self.seed)
         require(self.num_features >= 1, "num_features", "must be >= 1")
         require(self.num_classes >= 2, "num_classes", "must be >= 2")
         require(self.alpha >= 0, "alpha", "must be >= 0")

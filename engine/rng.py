@@ -12,6 +12,8 @@ from enum import IntEnum
 import numpy as np
 from scipy.special import ndtri
 
+from engine.errors import require
+
 
 class Stream(IntEnum):
     """Independent random streams, one per purpose."""
@@ -29,6 +31,11 @@ class Stream(IntEnum):
 
 
 MAX_SEED = 2**32 - 1
+
+
+def require_seed(seed: int, key: str = "seed") -> None:
+    """Raises `ConfigError(key, ...)` unless `seed` is in [0, 2**32)."""
+    require(0 <= seed <= MAX_SEED, key, f"must be in [0, 2**32), got {seed}")
 
 
 def generator(seed: int, stream: Stream, *keys: int) -> np.random.Generator:

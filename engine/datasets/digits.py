@@ -13,7 +13,7 @@ import numpy as np
 from engine.datasets.arrays import ArrayPopulation, FederatedArrays, Partition
 from engine.datasets.partition import dirichlet_partition
 from engine.errors import require
-from engine.rng import MAX_SEED, Stream, generator
+from engine.rng import Stream, generator, require_seed
 
 # Keys of the PARTITION streams: train/test split, training clients, held-out clients.
 _SPLIT, _TRAIN, _HELD_OUT = 1, 2, 3
@@ -47,7 +47,7 @@ class DigitsDirichlet(ArrayPopulation):
     def __post_init__(self) -> None:
         require(self.num_clients >= 1, "num_clients", f"must be >= 1, got {self.num_clients}")
         require(self.alpha > 0, "alpha", f"must be > 0, got {self.alpha}")
-        require(0 <= self.seed <= MAX_SEED, "seed", f"must be in [0, 2**32), got {self.seed}")
+        require_seed(self.seed)
         require(
             0 < self.test_fraction < 1,
             "test_fraction",

@@ -16,7 +16,7 @@ from engine.datasets.arrays import FederatedArrays
 from engine.datasets.partition import split_clients
 from engine.errors import require
 from engine.population import ClientData
-from engine.rng import MAX_SEED, Stream, generator
+from engine.rng import Stream, generator, require_seed
 
 # Key of the PARTITION stream that picks the held-out clients of a file population.
 _HELD_OUT_KEY = 0
@@ -24,7 +24,7 @@ _HELD_OUT_KEY = 0
 
 def check_split_fields(seed: int, held_out_fraction: float) -> None:
     """Validates the `seed` and `held_out_fraction` fields of a file population."""
-    require(0 <= seed <= MAX_SEED, "seed", f"must be in [0, 2**32), got {seed}")
+    require_seed(seed)
     require(
         0 <= held_out_fraction < 1,
         "held_out_fraction",
