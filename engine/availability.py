@@ -41,7 +41,6 @@ class AlwaysAvailable(Availability):
         return np.ones(self.num_clients, dtype=bool)
 
 
-DAY_S = 86_400.0
 _TICKS = 1 << 16  # A day in uint16 ticks (1.32 s each): uint16 arithmetic wraps exactly at 24 h.
 _BLOCK = 1 << 16
 
@@ -111,10 +110,6 @@ class DiurnalAvailability(Availability):
         start, length = self._windows
         now = _day_ticks(np.array([t / 3600.0]))[0]
         return np.less(np.subtract(now, start), length)
-
-    def window_fraction(self) -> float:
-        """The long-run fraction of time a client is online, averaged over the population."""
-        return float(self._windows[1].mean(dtype=np.float64) / _TICKS)
 
 
 class _ChainState:

@@ -10,10 +10,9 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import ndtri
 
 from engine.errors import require
-from engine.rng import Stream, require_seed, uniform
+from engine.rng import Stream, lognormal, require_seed
 
 
 class DeviceProfiles(ABC):
@@ -26,12 +25,6 @@ class DeviceProfiles(ABC):
     @abstractmethod
     def bandwidth(self, ids: np.ndarray) -> np.ndarray:
         """Bytes per second each client uploads and downloads (float64, > 0)."""
-
-
-def _lognormal(
-    seed: int, stream: Stream, ids: np.ndarray, median: float, sigma: float
-) -> np.ndarray:
-    return median * np.exp(sigma * ndtri(uniform(seed, stream, ids)))
 
 
 @dataclass(frozen=True)
@@ -61,7 +54,7 @@ class LognormalDevices(DeviceProfiles):
 
     def seconds_per_example(self, ids: np.ndarray) -> np.ndarray:
         """Lognormal around `median_seconds_per_example`."""
-        return _lognormal(
+        return lognormal(
             self.seed,
             Stream.DEVICE,
             2 * np.asarray(ids),
@@ -71,7 +64,7 @@ class LognormalDevices(DeviceProfiles):
 
     def bandwidth(self, ids: np.ndarray) -> np.ndarray:
         """Lognormal around `median_mbps`, in bytes per second."""
-        mbps = _lognormal(
+        mbps = lognormal(
             self.seed,
             Stream.DEVICE,
             2 * np.asarray(ids) + 1,

@@ -145,6 +145,14 @@ def _check_consistent(experiment: Experiment) -> None:
         "participation.cohort_size",
         f"{cohort} is larger than population.num_clients={num_clients}",
     )
+    k = experiment.participation.bound.max_participations
+    needed = experiment.rounds * experiment.clock.min_reports(cohort)
+    require(
+        k is None or needed <= k * num_clients,
+        "participation.max_participations",
+        f"{experiment.rounds} rounds need at least {needed} contributions, but "
+        f"{num_clients} clients x {k} participations allow only {k * num_clients if k else 0}",
+    )
     largest = experiment.participation.max_cohort(num_clients)
     require(
         cohort <= largest,

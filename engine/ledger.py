@@ -40,6 +40,12 @@ class ObservedParticipation:
 class ParticipationLedger:
     """Per-client participation counters in compact arrays, and an optional Parquet log.
 
+    Guarantees:
+        Rounds are committed in order and once each, a client at most once per round, and only
+        clients whose update reached the round's aggregate (the caller commits after the server
+        applied the round). `check` and `observed` therefore bound every client's real
+        contributions, which is what the privacy accountant needs.
+
     Memory: 12 bytes per client (count, last round and smallest gap, int32 each), plus at most
     16 bytes per round for the rounds' start times.
 
@@ -70,7 +76,7 @@ class ParticipationLedger:
             ValueError: a round out of order, or a client twice in one round.
         """
         if round_idx != self.rounds_recorded:
-            raise ValueError(f"round {round_idx} committed out of order: expected {len(self)}")
+            raise ValueError(f"round {round_idx} committed out of order: expected {self._rounds}")
         ids = np.array(client_ids, dtype=np.int64)  # a copy: the log keeps it
         if len(np.unique(ids)) != len(ids):
             raise ValueError(f"round {round_idx}: a client is committed twice")
@@ -122,9 +128,6 @@ class ParticipationLedger:
         if self._log is not None:
             self._log.close()
             self._log = None
-
-    def __len__(self) -> int:
-        return self.rounds_recorded
 
 
 class _ParquetLog:

@@ -127,7 +127,7 @@ def _as_slice(universe: range) -> slice:
 
 
 @dataclass(frozen=True)
-class LimitedParticipation(ParticipationPolicy):
+class UniformParticipation(ParticipationPolicy):
     """Uniform selection among the available clients that the participation limits allow.
 
     Limits, all read from the ledger of committed contributions:
@@ -183,12 +183,8 @@ class LimitedParticipation(ParticipationPolicy):
         return sample_accepted(universe, accept, self.cohort_size if size is None else size, rng)
 
     def max_cohort(self, num_clients: int) -> int:
-        """The smallest group: every round chooses from one group."""
-        return min(len(self._universe(r, num_clients)) for r in range(self._period))
-
-    @property
-    def _period(self) -> int:
-        return 1
+        """Every client."""
+        return num_clients
 
     def _universe(self, round_idx: int, num_clients: int) -> range:
         """The ids this round may choose from."""
@@ -207,19 +203,7 @@ class LimitedParticipation(ParticipationPolicy):
 
 
 @dataclass(frozen=True)
-class UniformParticipation(LimitedParticipation):
-    """A uniform cohort of the available clients each round (by default with no limit).
-
-    Attributes:
-        cohort_size: Clients per round.
-        min_separation: b, in rounds.
-        max_participations: k; None for no limit.
-        min_hours: T; None for no time limit.
-    """
-
-
-@dataclass(frozen=True)
-class CyclicParticipation(LimitedParticipation):
+class CyclicParticipation(UniformParticipation):
     """Cyclic participation (Cho et al. 2023): group r mod K is eligible in round r.
 
     Clients are split into K groups by id, client c in group c mod K, and the cohort is
@@ -252,9 +236,9 @@ class CyclicParticipation(LimitedParticipation):
         k, b = self.max_participations, self.min_separation
         return ParticipationBound(k, self.num_groups * -(-b // self.num_groups))
 
-    @property
-    def _period(self) -> int:
-        return self.num_groups
+    def max_cohort(self, num_clients: int) -> int:
+        """The smallest group, N // K clients."""
+        return num_clients // self.num_groups
 
     def _universe(self, round_idx: int, num_clients: int) -> range:
         return range(round_idx % self.num_groups, num_clients, self.num_groups)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from enum import IntEnum
 
 import numpy as np
+import torch
 from scipy.special import ndtri
 
 from engine.errors import require
@@ -28,6 +29,7 @@ class Stream(IntEnum):
     DEVICE = 7
     DROPOUT = 8
     PARTITION = 9
+    NOISE = 10
 
 
 MAX_SEED = 2**32 - 1
@@ -46,6 +48,12 @@ def generator(seed: int, stream: Stream, *keys: int) -> np.random.Generator:
     """
     entropy = [seed, int(stream), len(keys), *keys]
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence(entropy)))
+
+
+def torch_generator(seed: int, stream: Stream, *keys: int) -> torch.Generator:
+    """A torch CPU generator for (seed, stream, *keys), seeded like `generator`."""
+    state = np.random.SeedSequence([seed, int(stream), len(keys), *keys]).generate_state(2)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -79,10 +87,16 @@ def uniform(seed: int, stream: Stream, ids: np.ndarray) -> np.ndarray:
     return np.minimum(u, 1.0 - 2.0**-53)
 
 
+def lognormal(
+    seed: int, stream: Stream, ids: np.ndarray, median: float, sigma: float
+) -> np.ndarray:
+    """Heavy-tailed positive values, one per id: median * exp(sigma * N(0, 1))."""
+    return median * np.exp(sigma * ndtri(uniform(seed, stream, ids)))
+
+
 def lognormal_counts(
     seed: int, stream: Stream, ids: np.ndarray, median: float, sigma: float, low: int, high: int
 ) -> np.ndarray:
-    """Heavy-tailed integer counts, one per id: round(median * exp(sigma * N(0, 1))), clipped."""
-    normal = ndtri(uniform(seed, stream, ids))
-    counts = np.rint(median * np.exp(sigma * normal))
+    """Heavy-tailed integer counts, one per id: round(lognormal(...)), clipped to [low, high]."""
+    counts = np.rint(lognormal(seed, stream, ids, median, sigma))
     return np.clip(counts, low, high).astype(np.int64)

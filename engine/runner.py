@@ -75,7 +75,6 @@ def run_experiment(
                     metrics.update({k: final[k] for k in ("eval/accuracy", "eval/loss")})
                 rec.log(metrics)
                 history.append(metrics)
-            ledger.close()
             rec.log_images(experiment.rounds - 1, _figures(output_dir, ledger, history))
             summary = {
                 **_run_summary(experiment, sim, history, final),
@@ -101,7 +100,7 @@ def _run_summary(
     bound = experiment.participation.bound
     observed = ledger.observed()
     train_s = sum(m["system/round_s"] for m in history)
-    updates = sum(m["participation/cohort_size"] for m in history)
+    updates = sum(m["participation/reported"] for m in history)
     return {
         "rounds_completed": len(history),
         "final/eval_accuracy": final["eval/accuracy"],

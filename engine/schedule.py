@@ -6,7 +6,7 @@ the round, attempt and client ids, so it never depends on the number of workers.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -57,6 +57,7 @@ class RoundPlan:
             "participation/reported": float(len(self.cohort)),
             "participation/dropped": float(self.outcome.dropped),
             "participation/stragglers": float(self.outcome.stragglers),
+            "participation/late": float(self.outcome.late),
             "participation/attempts": float(self.attempts),
             "system/sim_time_h": self.start_s / 3600.0,
             "system/sim_round_s": self.end_s - self.start_s,
@@ -88,6 +89,7 @@ class Scheduler:
     epochs: int
     model_bytes: int
     ledger: ParticipationLedger
+    now_s: float = field(init=False)
 
     def __post_init__(self) -> None:
         self.now_s = self.clock.start_h * 3600.0

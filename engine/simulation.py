@@ -43,7 +43,7 @@ def initial_weights(experiment: Experiment) -> np.ndarray:
 def make_scheduler(
     experiment: Experiment,
     registry: ClientRegistry,
-    num_params: int,
+    model_bytes: int,
     ledger: ParticipationLedger | None = None,
 ) -> Scheduler:
     """The round scheduler of `experiment`, with a fresh ledger unless one is given."""
@@ -56,7 +56,7 @@ def make_scheduler(
         devices=exp.devices,
         num_examples=registry.num_examples,
         epochs=exp.training.epochs,
-        model_bytes=4 * num_params,
+        model_bytes=model_bytes,
         ledger=ParticipationLedger(registry.num_clients) if ledger is None else ledger,
     )
 
@@ -90,15 +90,16 @@ class Simulation:
         initial = initial_weights(exp)
         self.num_params = len(initial)
         self.registry = exp.population.registry()
-        self.scheduler = make_scheduler(exp, self.registry, self.num_params, ledger)
+        self.scheduler = make_scheduler(exp, self.registry, initial.nbytes, ledger)
         cpus = float(ray.cluster_resources().get("CPU", 1.0))
         self.num_workers = exp.cluster.num_workers or max(1, int(cpus))
         worker_actor: Any = ray.remote(
             num_cpus=min(1.0, cpus / self.num_workers), max_restarts=-1, max_task_retries=-1
         )(ClientWorker)
+        population = ray.put(exp.population)  # once: real-data populations are large
         self._workers = [
             worker_actor.remote(
-                exp.population, exp.model_factory, exp.training, exp.aggregation, exp.seed
+                population, exp.model_factory, exp.training, exp.aggregation, exp.seed
             )
             for _ in range(self.num_workers)
         ]
@@ -127,12 +128,13 @@ class Simulation:
             round_idx, *refs
         )
         metrics: dict[str, float] = ray.get(stats_ref)
+        if metrics["participation/clients_aggregated"] != len(cohort):
+            raise RuntimeError(f"round {round_idx}: the aggregate is not the planned cohort")
         self.scheduler.commit(plan)
         round_s = time.perf_counter() - start
         metrics.update(plan.metrics())
         metrics.update(
             {
-                "participation/cohort_size": float(len(cohort)),
                 "participation/cohort_examples": float(self.registry.num_examples[cohort].sum()),
                 "system/round_s": round_s,
                 "system/client_updates_per_s": len(cohort) / round_s,

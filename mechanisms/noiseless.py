@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from mechanisms.base import Mechanism
@@ -18,6 +19,8 @@ class NoNoise(Mechanism):
         None: epsilon is infinite. Use it for utility baselines only.
     """
 
+    noise_multiplier: float = field(default=0.0, init=False)
+
     def privatize(self, total: torch.Tensor, round_idx: int) -> torch.Tensor:
         """Identity."""
         return total
@@ -28,3 +31,13 @@ class NoNoise(Mechanism):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Nothing to restore."""
+
+    def matrices(self, rounds: int) -> tuple[np.ndarray, np.ndarray]:
+        """C = C_inv = I (scaled by a zero noise multiplier)."""
+        return np.eye(rounds), np.eye(rounds)
+
+    def sensitivity_squared(
+        self, rounds: int, max_participations: int, min_separation: int
+    ) -> float:
+        """As for C = I: the number of participations that fit."""
+        return float(min(max_participations, -(-rounds // min_separation)))

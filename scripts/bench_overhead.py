@@ -115,7 +115,7 @@ class Floor:
             exp.population, exp.model_factory, exp.training, exp.aggregation, exp.seed
         )
         initial = initial_weights(exp)
-        self._scheduler = make_scheduler(exp, self.registry, len(initial))
+        self._scheduler = make_scheduler(exp, self.registry, initial.nbytes)
         self._server = ParameterServer(initial, exp.strategy, exp.mechanism, exp.aggregation)
         self._weights = self._server.weights()
 

@@ -39,7 +39,7 @@ import psutil
 
 from engine.availability import Availability, DiurnalAvailability
 from engine.ledger import ParticipationLedger
-from engine.participation import CyclicParticipation, LimitedParticipation, UniformParticipation
+from engine.participation import CyclicParticipation, UniformParticipation
 from engine.population import SyntheticPopulation
 from engine.rng import Stream, generator
 
@@ -48,7 +48,7 @@ TARGET_MS = 100.0
 POLICIES = ("uniform_minsep", "cyclic_minsep")
 
 
-def make_policy(name: str, cohort_size: int, min_separation: int) -> LimitedParticipation:
+def make_policy(name: str, cohort_size: int, min_separation: int) -> UniformParticipation:
     """The policy called `name` (one of `POLICIES`) with the given cohort and separation."""
     if name == "uniform_minsep":
         return UniformParticipation(cohort_size=cohort_size, min_separation=min_separation)
@@ -110,7 +110,7 @@ def measure_memory(num_clients: int, seed: int) -> tuple[dict[str, Any], Availab
 
 def time_rounds(
     availability: Availability,
-    policy: LimitedParticipation,
+    policy: UniformParticipation,
     rounds: int,
     warmup: int,
     round_s: float,

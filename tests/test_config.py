@@ -46,7 +46,7 @@ def _fields(schema: type) -> dict[str, Any]:
 def test_schema_of_a_dataclass_has_its_fields_and_defaults(cls):
     schema = schema_of(cls)
     expected: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):
+    for f in (f for f in dataclasses.fields(cls) if f.init):
         expected[f.name] = MISSING if f.default is dataclasses.MISSING else f.default
     fields = _fields(schema)
     target = fields.pop("_target_")

@@ -33,7 +33,6 @@ def _ledger(history=HISTORY, starts=STARTS, num_clients=6, **kwargs) -> Particip
 def test_counters_of_a_hand_built_history():
     ledger = _ledger()
     assert ledger.rounds_recorded == 5
-    assert len(ledger) == 5
     assert ledger.count.tolist() == [2, 1, 3, 1, 0, 1]
     assert ledger.last_round.tolist() == [3, 0, 3, 1, -1, 4]
     gaps = ledger.min_gap.tolist()

@@ -18,7 +18,6 @@ from engine.errors import ConfigError
 from engine.ledger import ParticipationLedger
 from engine.participation import (
     CyclicParticipation,
-    LimitedParticipation,
     ParticipationBound,
     ParticipationPolicy,
     UniformParticipation,
@@ -29,7 +28,7 @@ HOUR = 3600.0
 
 # Every ParticipationPolicy implementation, by cohort size: the variants of
 # conf/participation/*.yaml. Add new ones here (and their rule to `_eligible_oracle`).
-POLICIES: list[tuple[str, Callable[[int], LimitedParticipation]]] = [
+POLICIES: list[tuple[str, Callable[[int], UniformParticipation]]] = [
     ("uniform", lambda size: UniformParticipation(cohort_size=size)),
     ("min_separation", lambda size: UniformParticipation(cohort_size=size, min_separation=10)),
     (
@@ -58,7 +57,7 @@ EXPECTED_BOUNDS = {
 
 
 @pytest.fixture(params=[f for _, f in POLICIES], ids=[n for n, _ in POLICIES])
-def make_policy(request) -> Callable[[int], LimitedParticipation]:
+def make_policy(request) -> Callable[[int], UniformParticipation]:
     return request.param
 
 

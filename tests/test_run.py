@@ -109,7 +109,7 @@ def test_run_writes_metrics_and_summary(tmp_path):
     evaluated = [row["round"] for row in rows if "eval/accuracy" in row]
     assert evaluated == [1, 3, 4]
     for row in rows:
-        for key in ("train/loss", "participation/cohort_size", "system/round_s"):
+        for key in ("train/loss", "participation/reported", "system/round_s"):
             assert key in row
         assert row["system/client_updates_per_s"] > 0
     summary = json.loads(path.read_text())
@@ -120,3 +120,12 @@ def test_run_writes_metrics_and_summary(tmp_path):
     assert len(summary["model_sha256"]) == 64
     for key in ("final/eval_loss", "system/total_s", "system/client_updates_per_s"):
         assert summary[key] > 0
+
+
+def test_a_policy_that_runs_out_of_clients_is_refused_before_training():
+    with pytest.raises(ConfigError) as err:
+        check_command_line(
+            ["population=digits_dirichlet", "participation=max_participations", "rounds=100"]
+        )
+    assert err.value.key == "participation.max_participations"
+    assert "100 rounds need at least 8000 contributions" in str(err.value)

@@ -321,6 +321,7 @@ def test_metrics():
         "participation/reported",
         "participation/dropped",
         "participation/stragglers",
+        "participation/late",
         "participation/attempts",
         "system/sim_time_h",
         "system/sim_round_s",
@@ -335,6 +336,7 @@ def test_metrics():
     assert metrics["participation/reported"] == 10.0
     assert metrics["participation/dropped"] == 0.0
     assert metrics["participation/stragglers"] == 0.0
+    assert metrics["participation/late"] == 0.0
 
 
 def test_metrics_of_a_busy_round_add_up():

@@ -61,7 +61,7 @@ def test_round_metrics_and_learning():
     before = sim.evaluate().metrics()
     rounds = [sim.run_round(r) for r in range(30)]
     after = sim.evaluate().metrics()
-    assert all(m["participation/cohort_size"] == 30 for m in rounds)
+    assert all(m["participation/reported"] == 30 for m in rounds)
     assert all(m["participation/clients_aggregated"] == 30 for m in rounds)
     assert all(m["system/round_s"] > 0 and m["train/loss"] > 0 for m in rounds)
     assert after["eval/loss"] < before["eval/loss"]
