@@ -29,6 +29,7 @@ class Partial:
         num_clients: Clients summed.
         loss_sum: Sum of the clients' local training losses (see `ClientUpdate`).
         examples_seen: Examples behind `loss_sum`.
+        bit_sum: Sum of the clients' adaptive-clipping bits (1[unclipped] - 1/2).
     """
 
     update_sum: np.ndarray
@@ -36,10 +37,12 @@ class Partial:
     num_clients: int = 0
     loss_sum: float = 0.0
     examples_seen: int = 0
+    bit_sum: float = 0.0
 
-    def add(self, update: ClientUpdate, weight: float) -> None:
-        """Adds one client's update with the given weight."""
+    def add(self, update: ClientUpdate, weight: float, bit: float = 0.0) -> None:
+        """Adds one client's update with the given weight (and clipping bit)."""
         self.update_sum += np.float32(weight) * update.delta
+        self.bit_sum += bit
         self.weight_sum += weight
         self.num_clients += 1
         self.loss_sum += update.loss_sum
@@ -52,6 +55,7 @@ class Partial:
         self.num_clients += other.num_clients
         self.loss_sum += other.loss_sum
         self.examples_seen += other.examples_seen
+        self.bit_sum += other.bit_sum
 
 
 class Aggregator(ABC):

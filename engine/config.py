@@ -26,10 +26,15 @@ from engine.fedscale import FedScaleAvailability, FedScaleDevices
 from engine.models import MLP, LogisticRegression
 from engine.participation import CyclicParticipation, UniformParticipation
 from engine.population import SyntheticPopulation
-from engine.settings import Cluster, Evaluation, Tracking
+from engine.settings import Cluster, Evaluation, Privacy, Tracking
 from engine.traces import IntervalTraceAvailability
+from mechanisms.banded import BandedMechanism
+from mechanisms.blt import BltMechanism
+from mechanisms.clipping import AdaptiveClipping, FixedClipping, NoClipping
+from mechanisms.gaussian import GaussianMechanism
 from mechanisms.noiseless import NoNoise
-from strategies.fedavg import FedAvg
+from mechanisms.tree import TreeMechanism
+from strategies import DPFTRLM, FedAdam, FedAvg, FedAvgM, FedYogi
 
 # Pluggable components: (config group, option, class named by the option's `_target_`).
 COMPONENTS: tuple[tuple[str, str, Callable[..., Any]], ...] = (
@@ -53,13 +58,25 @@ COMPONENTS: tuple[tuple[str, str, Callable[..., Any]], ...] = (
     ("model", "mlp", MLP),
     ("aggregation", "dense", DenseAggregator),
     ("strategy", "fedavg", FedAvg),
+    ("strategy", "fedavgm", FedAvgM),
+    ("strategy", "fedadam", FedAdam),
+    ("strategy", "fedyogi", FedYogi),
+    ("strategy", "dpftrl", DPFTRLM),
     ("mechanism", "none", NoNoise),
+    ("mechanism", "gaussian", GaussianMechanism),
+    ("mechanism", "tree", TreeMechanism),
+    ("mechanism", "banded_mf", BandedMechanism),
+    ("mechanism", "blt", BltMechanism),
+    ("clipping", "none", NoClipping),
+    ("clipping", "fixed", FixedClipping),
+    ("clipping", "adaptive", AdaptiveClipping),
 )
 
 # Constructor arguments that the build injects from the population, so no config sets them.
 INJECTED: dict[str, tuple[str, ...]] = {
     "availability": ("num_clients",),
     "model": ("num_features", "num_classes"),
+    "mechanism": ("rounds", "max_participations", "min_separation"),
 }
 
 
@@ -101,11 +118,13 @@ class Config:
     aggregation: Any = MISSING
     strategy: Any = MISSING
     mechanism: Any = MISSING
+    clipping: Any = MISSING
     training: Any = dataclasses.field(default_factory=schema_of(LocalTraining, with_target=False))
     clock: Any = dataclasses.field(default_factory=schema_of(RoundClock, with_target=False))
     eval: Any = dataclasses.field(default_factory=schema_of(Evaluation, with_target=False))
     cluster: Any = dataclasses.field(default_factory=schema_of(Cluster, with_target=False))
     tracking: Any = dataclasses.field(default_factory=schema_of(Tracking, with_target=False))
+    privacy: Any = dataclasses.field(default_factory=schema_of(Privacy, with_target=False))
 
 
 def register_configs() -> None:

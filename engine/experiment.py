@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -18,11 +19,13 @@ from engine.client import LocalTraining
 from engine.clock import RoundClock
 from engine.devices import DeviceProfiles
 from engine.errors import ConfigError, require
-from engine.participation import ParticipationPolicy
+from engine.participation import ParticipationBound, ParticipationPolicy
 from engine.population import Population
 from engine.rng import require_seed
-from engine.settings import Cluster, Evaluation, Tracking
+from engine.settings import Cluster, Evaluation, Privacy, Tracking
+from mechanisms.accounting import noise_for_epsilon, planned, resolved_participations
 from mechanisms.base import Mechanism
+from mechanisms.clipping import Clipping
 from strategies.base import Strategy
 
 T = TypeVar("T")
@@ -46,6 +49,8 @@ class Experiment:
         aggregation: How updates are weighted and summed.
         strategy: Server update rule.
         mechanism: Privacy noise.
+        clipping: Per-client clip norm schedule.
+        privacy: Privacy target and delta.
         evaluation: Held-out evaluation schedule.
         cluster: Ray workers and chunking.
     """
@@ -63,6 +68,8 @@ class Experiment:
     aggregation: Aggregator
     strategy: Strategy
     mechanism: Mechanism
+    clipping: Clipping
+    privacy: Privacy
     evaluation: Evaluation
     cluster: Cluster
 
@@ -116,25 +123,76 @@ def build_experiment(cfg: DictConfig) -> tuple[Experiment, Tracking]:
     require_seed(seed)
     require(rounds >= 1, "rounds", f"must be >= 1, got {rounds}")
     population: Population = _component(cfg, "population")
+    participation: ParticipationPolicy = _component(cfg, "participation")
     experiment = Experiment(
         name=name,
         seed=seed,
         rounds=rounds,
         population=population,
         availability=_component(cfg, "availability", num_clients=population.num_clients),
-        participation=_component(cfg, "participation"),
+        participation=participation,
         clock=_section(cfg, "clock", RoundClock),
         devices=_component(cfg, "devices"),
         model_factory=_model_factory(cfg, population),
         training=_section(cfg, "training", LocalTraining),
         aggregation=_component(cfg, "aggregation"),
         strategy=_component(cfg, "strategy"),
-        mechanism=_component(cfg, "mechanism"),
+        mechanism=build_mechanism(cfg, rounds, participation.bound),
+        clipping=_component(cfg, "clipping"),
+        privacy=_section(cfg, "privacy", Privacy),
         evaluation=_section(cfg, "eval", Evaluation),
         cluster=_section(cfg, "cluster", Cluster),
     )
     _check_consistent(experiment)
+    _check_private(experiment)
     return experiment, _section(cfg, "tracking", Tracking)
+
+
+def build_mechanism(cfg: DictConfig, rounds: int, bound: ParticipationBound) -> Mechanism:
+    """The config's mechanism, given the run's (n, k, b) when it optimises for them."""
+    mechanism: Mechanism = _component(cfg, "mechanism", **_mechanism_inputs(cfg, rounds, bound))
+    return mechanism
+
+
+def _mechanism_inputs(cfg: DictConfig, rounds: int, bound: ParticipationBound) -> dict[str, int]:
+    """The run's (n, k, b), for the mechanism constructors that optimise for them."""
+    inputs = {
+        "rounds": rounds,
+        "max_participations": resolved_participations(bound, rounds),
+        "min_separation": bound.min_separation,
+    }
+    target = _checked("mechanism", lambda: hydra.utils.get_class(cfg.mechanism._target_))
+    accepted = inspect.signature(target).parameters
+    return {key: value for key, value in inputs.items() if key in accepted}
+
+
+def _check_private(experiment: Experiment) -> None:
+    """A private mechanism needs clipping, uniform weights, and a plan within the target."""
+    exp = experiment
+    private = exp.mechanism.noise_multiplier > 0
+    require(
+        not private or exp.clipping.initial_norm is not None,
+        "clipping",
+        "a private mechanism needs clipping=fixed or clipping=adaptive",
+    )
+    weighting = getattr(exp.aggregation, "weighting", "uniform")
+    require(
+        exp.clipping.initial_norm is None or weighting == "uniform",
+        "aggregation.weighting",
+        "must be 'uniform' with clipping: an example-count weight would escape the clip norm",
+    )
+    target = exp.privacy.target_epsilon
+    if not private or target is None:
+        return
+    cost = planned(exp.mechanism, exp.rounds, exp.participation.bound, exp.privacy.delta)
+    if cost.epsilon > target:
+        needed = noise_for_epsilon(cost.sensitivity_squared, target, exp.privacy.delta)
+        raise ConfigError(
+            "mechanism.noise_multiplier",
+            f"planned epsilon {cost.epsilon:.4g} (delta {cost.delta:g}, "
+            f"k={cost.max_participations}, b={cost.min_separation}, {exp.rounds} rounds) exceeds "
+            f"privacy.target_epsilon={target:g}; noise_multiplier >= {needed:.4g} would meet it",
+        )
 
 
 def _check_consistent(experiment: Experiment) -> None:

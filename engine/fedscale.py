@@ -26,10 +26,10 @@ from typing import Any
 
 import numpy as np
 
-from engine.availability import Availability
 from engine.devices import DeviceProfiles
 from engine.errors import require
-from engine.traces import cycle_to, resolve_path, trace_error
+from engine.trace_files import resolve_path, trace_error
+from engine.traces import ReplayedAvailability
 
 
 def load_mapping(path: str) -> list[tuple[int, Any]]:
@@ -165,7 +165,7 @@ def load_behaviour(path: str) -> BehaviourTrace:
 
 
 @dataclass(frozen=True)
-class FedScaleAvailability(Availability):
+class FedScaleAvailability(ReplayedAvailability):
     """Availability from a FedScale behaviour trace, as FedScale's client manager decides it.
 
     Client c follows trace ``c mod T`` (T traces, in increasing key order): it is online at t
@@ -195,7 +195,7 @@ class FedScaleAvailability(Availability):
         """T, the number of client traces in the file."""
         return len(self._trace.keys)
 
-    def trace_state(self, t: float) -> np.ndarray:
+    def _trace_state(self, t: float) -> np.ndarray:
         """Bool mask over the T traces at time `t`."""
         tr = self._trace
         norm = np.mod(float(t), tr.finish_time)[tr.owner]
@@ -203,10 +203,6 @@ class FedScaleAvailability(Availability):
         state = np.zeros(len(tr.keys), dtype=bool)
         state[tr.owner[inside]] = True
         return state
-
-    def available(self, t: float) -> np.ndarray:
-        """Bool mask over the population: client c follows trace c mod T."""
-        return cycle_to(self.trace_state(t), self.num_clients)
 
 
 def load_capacity(path: str) -> tuple[np.ndarray, np.ndarray]:

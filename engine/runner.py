@@ -18,6 +18,7 @@ from engine.plots import availability_over_time, participation_histogram
 from engine.settings import Cluster, Tracking
 from engine.simulation import Simulation
 from engine.tracking import RunTracker
+from mechanisms.accounting import planned, spent
 
 _SERIES = ("system/sim_time_h", "participation/available", "participation/reported")
 
@@ -73,11 +74,13 @@ def run_experiment(
                 if experiment.evaluation.due(round_idx, experiment.rounds):
                     final = sim.evaluate().metrics()
                     metrics.update({k: final[k] for k in ("eval/accuracy", "eval/loss")})
+                    metrics.update(_privacy_spent(experiment, ledger, round_idx + 1))
                 rec.log(metrics)
                 history.append(metrics)
             rec.log_images(experiment.rounds - 1, _figures(output_dir, ledger, history))
             summary = {
                 **_run_summary(experiment, sim, history, final),
+                **_privacy_summary(experiment, history),
                 "system/total_s": time.perf_counter() - start,
                 "system/cold_start_s": cold_start_s,
                 "config_sha256": config_sha256,
@@ -120,6 +123,27 @@ def _run_summary(
         "participation/clients_seen": observed.clients,
         "system/driver_peak_rss_mib": peak_rss_mib(),
     }
+
+
+def _privacy_spent(
+    experiment: Experiment, ledger: ParticipationLedger, rounds: int
+) -> dict[str, float]:
+    """privacy/ metrics of the rounds so far, from the ledger; none for a non-private run."""
+    if experiment.mechanism.noise_multiplier == 0:
+        return {}
+    return spent(
+        experiment.mechanism, rounds, ledger.observed(), experiment.privacy.delta
+    ).metrics()
+
+
+def _privacy_summary(experiment: Experiment, history: list[dict[str, Any]]) -> dict[str, Any]:
+    """The final privacy figures (as of the last round) and the planned ones."""
+    exp = experiment
+    if exp.mechanism.noise_multiplier == 0:
+        return {"privacy/epsilon": None, "privacy/delta": exp.privacy.delta}
+    last = {k: v for k, v in history[-1].items() if k.startswith("privacy/")}
+    plan = planned(exp.mechanism, exp.rounds, exp.participation.bound, exp.privacy.delta)
+    return {**last, **plan.metrics("privacy/planned_"), "privacy/delta": exp.privacy.delta}
 
 
 def _figures(

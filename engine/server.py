@@ -10,6 +10,7 @@ import torch
 
 from engine.aggregation import Aggregator, Partial
 from mechanisms.base import Mechanism
+from mechanisms.clipping import Clipping
 from strategies.base import Strategy
 
 
@@ -21,10 +22,18 @@ class ParameterServer:
         strategy: Server update rule.
         mechanism: Privacy noise added to each round's total.
         aggregator: Reduces the workers' partials.
+        clipping: The clip norm schedule; `NoClipping` releases the weighted average as is.
+        cohort_size: The public denominator of private averages.
     """
 
     def __init__(
-        self, params: np.ndarray, strategy: Strategy, mechanism: Mechanism, aggregator: Aggregator
+        self,
+        params: np.ndarray,
+        strategy: Strategy,
+        mechanism: Mechanism,
+        aggregator: Aggregator,
+        clipping: Clipping,
+        cohort_size: int,
     ) -> None:
         torch.set_num_threads(1)
         self._params = torch.tensor(params, dtype=torch.float32)
@@ -32,6 +41,9 @@ class ParameterServer:
         self._state = strategy.init_state(self._params)
         self._mechanism = mechanism
         self._aggregator = aggregator
+        self._clipping = clipping
+        self._cohort_size = cohort_size
+        self.clip_norm = clipping.initial_norm
 
     def weights(self) -> np.ndarray:
         """The current parameters (Ray stores the returned array once in the object store)."""
@@ -47,18 +59,56 @@ class ParameterServer:
             *worker_partials: Each worker's list of chunk partials, in chunk order.
 
         Returns:
-            The new weights, and the round's server-side metrics.
+            The new weights, and the round's server-side metrics (with `privacy/clip_norm`, the
+            clip norm of the next round, when clipping).
         """
         start = time.perf_counter()
         chunks = [partial for partials in worker_partials for partial in partials]
         total = self._aggregator.reduce(chunks, len(self._params))
-        if total.num_clients > 0:
-            noisy = self._mechanism.privatize(torch.from_numpy(total.update_sum), round_idx)
-            update = noisy / total.weight_sum
-            self._params, self._state = self._strategy.step(self._params, update, self._state)
         metrics = {
             "train/loss": total.loss_sum / max(total.examples_seen, 1),
             "participation/clients_aggregated": float(total.num_clients),
-            "system/server_s": time.perf_counter() - start,
         }
+        if self.clip_norm is not None:
+            update = self._private_average(total, round_idx, self.clip_norm, metrics)
+        elif total.num_clients > 0:
+            noisy = self._mechanism.privatize(torch.from_numpy(total.update_sum), round_idx)
+            update = noisy / total.weight_sum
+        else:
+            update = None
+        if update is not None:
+            self._params, self._state = self._strategy.step(self._params, update, self._state)
+        metrics["system/server_s"] = time.perf_counter() - start
         return self.weights(), metrics
+
+    def _private_average(
+        self, total: Partial, round_idx: int, clip_norm: float, metrics: dict[str, float]
+    ) -> torch.Tensor:
+        """Privatizes the clipped sum (and the clipping bits) and divides by the cohort size.
+
+        The mechanism sees the sum in units of the clip norm. With adaptive clipping the bit
+        sum rides along as one more coordinate, scaled so that its noise has standard deviation
+        `count_noise_multiplier`, and everything is scaled by z / z_delta so that the updates
+        get noise multiplier z_delta (see `AdaptiveClipping`).
+        """
+        z = self._mechanism.noise_multiplier
+        z_delta = self._clipping.value_noise_multiplier(z) if z > 0 else 1.0
+        scale = z / z_delta if z > 0 else 1.0
+        values = torch.from_numpy(total.update_sum).to(torch.float64) / clip_norm
+        count_scale = self._clipping.bit_noise_std
+        if count_scale is not None:
+            bits = torch.tensor([total.bit_sum * z_delta / count_scale], dtype=torch.float64)
+            values = torch.cat([values, bits])
+        released = self._mechanism.privatize((values * scale).float(), round_idx) / scale
+        update = released[: len(self._params)] * (clip_norm / self._cohort_size)
+        if count_scale is not None:
+            noisy_bits = float(released[-1]) * count_scale / z_delta
+            unclipped = noisy_bits / self._cohort_size + 0.5
+            clip_norm_next = self._clipping.next_norm(clip_norm, unclipped)
+            metrics["privacy/unclipped_fraction"] = unclipped
+        else:
+            clip_norm_next = clip_norm
+        self.clip_norm = clip_norm_next
+        metrics["privacy/clip_norm"] = clip_norm
+        metrics["privacy/next_clip_norm"] = clip_norm_next
+        return update.float()

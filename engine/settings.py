@@ -64,6 +64,24 @@ class Cluster:
 
 
 @dataclass(frozen=True)
+class Privacy:
+    """The privacy target of a run.
+
+    Attributes:
+        target_epsilon: A run whose planned epsilon exceeds it refuses to start; None: no target.
+        delta: The delta of every reported epsilon.
+    """
+
+    target_epsilon: float | None = None
+    delta: float = 1e-10
+
+    def __post_init__(self) -> None:
+        eps = self.target_epsilon
+        require(eps is None or eps > 0, "target_epsilon", f"must be > 0 or null, got {eps}")
+        require(0 < self.delta < 1, "delta", f"must be in (0, 1), got {self.delta}")
+
+
+@dataclass(frozen=True)
 class Tracking:
     """Where metrics go.
 

@@ -9,6 +9,7 @@ model-sized data.
 from __future__ import annotations
 
 import itertools
+import pickle
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -25,6 +26,8 @@ from engine.rng import Stream, generator
 from engine.schedule import Scheduler
 from engine.server import ParameterServer
 from engine.workers import ClientWorker
+
+_INLINE_BYTES = 1 << 20
 
 
 def split_chunks(cohort: np.ndarray, chunk_size: int) -> list[np.ndarray]:
@@ -58,6 +61,29 @@ def make_scheduler(
         epochs=exp.training.epochs,
         model_bytes=model_bytes,
         ledger=ParticipationLedger(registry.num_clients) if ledger is None else ledger,
+    )
+
+
+def _shared(value: Any) -> Any:
+    """`value` itself when small; else one object-store copy that every actor then shares.
+
+    Real-data populations hold their whole dataset: passed by value, Ray would store one copy
+    per actor. Small values stay inline (Ray then logs nothing about restartable actors whose
+    constructor arguments live in the object store).
+    """
+    return ray.put(value) if len(pickle.dumps(value)) > _INLINE_BYTES else value
+
+
+def server_args(experiment: Experiment, initial: np.ndarray) -> tuple[Any, ...]:
+    """The `ParameterServer` constructor arguments of `experiment`."""
+    exp = experiment
+    return (
+        initial,
+        exp.strategy,
+        exp.mechanism,
+        exp.aggregation,
+        exp.clipping,
+        exp.participation.cohort_size,
     )
 
 
@@ -96,15 +122,16 @@ class Simulation:
         worker_actor: Any = ray.remote(
             num_cpus=min(1.0, cpus / self.num_workers), max_restarts=-1, max_task_retries=-1
         )(ClientWorker)
-        population = ray.put(exp.population)  # once: real-data populations are large
+        self._population = _shared(exp.population)  # held: restarted workers need it
         self._workers = [
             worker_actor.remote(
-                population, exp.model_factory, exp.training, exp.aggregation, exp.seed
+                self._population, exp.model_factory, exp.training, exp.aggregation, exp.seed
             )
             for _ in range(self.num_workers)
         ]
         server_actor: Any = ray.remote(num_cpus=0)(ParameterServer)
-        self._server = server_actor.remote(initial, exp.strategy, exp.mechanism, exp.aggregation)
+        self._server = server_actor.remote(*server_args(exp, initial))
+        self.clip_norm = exp.clipping.initial_norm
         self._weights = self._server.weights.remote()
         ray.get([self._weights, *[w.__ray_ready__.remote() for w in self._workers]])
         self._eval_ids = exp.population.held_out_ids(exp.evaluation.num_clients)
@@ -120,7 +147,7 @@ class Simulation:
         cohort = plan.cohort
         work = assign(plan_chunks(exp, cohort), self.num_workers)
         refs = [
-            worker.train.remote(self._weights, round_idx, chunks)
+            worker.train.remote(self._weights, round_idx, chunks, self.clip_norm)
             for worker, chunks in zip(self._workers, work, strict=True)
             if chunks
         ]
@@ -130,6 +157,7 @@ class Simulation:
         metrics: dict[str, float] = ray.get(stats_ref)
         if metrics["participation/clients_aggregated"] != len(cohort):
             raise RuntimeError(f"round {round_idx}: the aggregate is not the planned cohort")
+        self.clip_norm = metrics.pop("privacy/next_clip_norm", self.clip_norm)
         self.scheduler.commit(plan)
         round_s = time.perf_counter() - start
         metrics.update(plan.metrics())

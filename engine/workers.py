@@ -8,6 +8,7 @@ its call retried.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -18,6 +19,7 @@ from engine.aggregation import Aggregator, Partial
 from engine.client import EvalStats, LocalTraining, evaluate, train_client
 from engine.population import ClientData, Population
 from engine.rng import Stream, generator
+from mechanisms.clipping import clip_update
 
 
 class ClientWorker:
@@ -48,9 +50,17 @@ class ClientWorker:
         self._eval_data: tuple[bytes, ClientData] | None = None
 
     def train(
-        self, weights: np.ndarray, round_idx: int, chunks: Sequence[np.ndarray]
+        self,
+        weights: np.ndarray,
+        round_idx: int,
+        chunks: Sequence[np.ndarray],
+        clip_norm: float | None = None,
     ) -> list[Partial]:
-        """Trains every client of every chunk; returns one partial per chunk, in order."""
+        """Trains every client of every chunk; returns one partial per chunk, in order.
+
+        With a clip norm, each client's whole update is clipped to it before it is summed, and
+        every client gets weight 1 (a data-dependent weight would escape the clip norm).
+        """
         params = torch.tensor(weights)
         partials = []
         for chunk in chunks:
@@ -59,7 +69,11 @@ class ClientWorker:
                 rng = generator(self._seed, Stream.CLIENT_TRAIN, round_idx, client_id)
                 data = self._population.client_data(client_id)
                 update = train_client(self._model, params, data, self._training, rng)
-                partial.add(update, self._aggregator.client_weight(update))
+                if clip_norm is None:
+                    partial.add(update, self._aggregator.client_weight(update))
+                else:
+                    delta, bit = clip_update(update.delta, clip_norm)
+                    partial.add(dataclasses.replace(update, delta=delta), 1.0, bit)
             partials.append(partial)
         return partials
 

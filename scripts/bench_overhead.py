@@ -44,9 +44,16 @@ from engine.participation import UniformParticipation
 from engine.population import SyntheticPopulation
 from engine.runner import peak_rss_mib, sha256_of, start_ray
 from engine.server import ParameterServer
-from engine.settings import Cluster, Evaluation
-from engine.simulation import Simulation, initial_weights, make_scheduler, plan_chunks
+from engine.settings import Cluster, Evaluation, Privacy
+from engine.simulation import (
+    Simulation,
+    initial_weights,
+    make_scheduler,
+    plan_chunks,
+    server_args,
+)
 from engine.workers import ClientWorker
+from mechanisms.clipping import NoClipping
 from mechanisms.noiseless import NoNoise
 from strategies.fedavg import FedAvg
 
@@ -75,6 +82,8 @@ def build_experiment(
         availability=AlwaysAvailable(num_clients),
         participation=UniformParticipation(cohort_size),
         clock=RoundClock(),
+        clipping=NoClipping(),
+        privacy=Privacy(),
         devices=LognormalDevices(seed=seed),
         model_factory=functools.partial(LogisticRegression, 60, 10),
         training=LocalTraining(),
@@ -116,7 +125,7 @@ class Floor:
         )
         initial = initial_weights(exp)
         self._scheduler = make_scheduler(exp, self.registry, initial.nbytes)
-        self._server = ParameterServer(initial, exp.strategy, exp.mechanism, exp.aggregation)
+        self._server = ParameterServer(*server_args(exp, initial))
         self._weights = self._server.weights()
 
     def run_round(self, round_idx: int) -> None:

@@ -18,6 +18,18 @@ from engine.run import CONFIG_DIR
 os.environ.setdefault("WANDB_MODE", "disabled")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def strategy_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Optimised mechanism strategies are cached in a temporary directory, never in ~/.cache."""
+    previous = os.environ.get("FEDRAY_CACHE_DIR")
+    os.environ["FEDRAY_CACHE_DIR"] = str(tmp_path_factory.mktemp("strategies"))
+    yield
+    if previous is None:
+        os.environ.pop("FEDRAY_CACHE_DIR", None)
+    else:
+        os.environ["FEDRAY_CACHE_DIR"] = previous
+
+
 @pytest.fixture(scope="session")
 def ray_session() -> Iterator[None]:
     """Starts Ray once for the whole session and shuts it down at the end."""

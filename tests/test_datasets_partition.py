@@ -157,6 +157,15 @@ def _client(n: int, d: int = 3, label: int = 0) -> ClientData:
     return ClientData(x=x, y=np.full(n, label, dtype=np.int64))
 
 
+def test_partition_select_keeps_the_chosen_clients_in_order():
+    part = Partition(np.array([5, 1, 0, 4, 2, 3], dtype=np.int64), np.array([0, 2, 2, 5, 6]))
+    picked = part.select(np.array([3, 0]))
+    np.testing.assert_array_equal(picked.offsets, [0, 2, 3])
+    np.testing.assert_array_equal(picked.members(0), [5, 1])
+    np.testing.assert_array_equal(picked.members(1), [3])
+    assert part.select(np.array([], dtype=np.int64)).num_clients == 0
+
+
 def test_partition_rejects_bad_offsets():
     with pytest.raises(ValueError):
         Partition(np.arange(3), np.array([0, 2, 1, 3]))

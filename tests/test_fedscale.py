@@ -14,7 +14,7 @@ import pytest
 
 from engine.errors import ConfigError
 from engine.fedscale import FedScaleAvailability, FedScaleDevices, load_mapping
-from engine.traces import resolve_path
+from engine.trace_files import resolve_path
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "make_fedscale_trace.py"
 

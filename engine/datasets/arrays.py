@@ -20,6 +20,11 @@ import numpy as np
 from engine.population import ClientData, Population
 
 
+def csr_offsets(sizes: np.ndarray) -> np.ndarray:
+    """CSR offsets, int64 [k + 1] from 0, of clients owning `sizes[k]` examples each."""
+    return np.concatenate([np.zeros(1, np.int64), np.cumsum(sizes, dtype=np.int64)])
+
+
 @dataclass(frozen=True)
 class Partition:
     """Which examples each client owns, CSR-style.
@@ -47,8 +52,15 @@ class Partition:
     @classmethod
     def from_sizes(cls, sizes: np.ndarray, start: int = 0) -> Partition:
         """Contiguous clients: client k owns the next `sizes[k]` examples after `start`."""
-        offsets = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)]).astype(np.int64)
+        offsets = csr_offsets(sizes)
         return cls(np.arange(start, start + offsets[-1], dtype=np.int64), offsets)
+
+    def select(self, clients: np.ndarray) -> Partition:
+        """The partition of just `clients` (positions in this one), in increasing order."""
+        chosen = np.zeros(self.num_clients, dtype=bool)
+        chosen[clients] = True
+        sizes = self.sizes()
+        return Partition(self.indices[np.repeat(chosen, sizes)], csr_offsets(sizes[chosen]))
 
     @property
     def num_clients(self) -> int:

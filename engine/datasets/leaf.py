@@ -13,14 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.datasets.arrays import ArrayPopulation, FederatedArrays
-from engine.datasets.loading import (
-    assemble,
-    check_feature_sizes,
-    check_split_fields,
-    client_from_raw,
-    one_line,
-)
+from engine.datasets.loading import FilePopulation, client_from_raw, one_line
 from engine.errors import ConfigError, require
 from engine.population import ClientData
 
@@ -84,7 +77,7 @@ def _read_file(file: Path, key: str) -> list[tuple[str, ClientData]]:
     return clients
 
 
-def read_leaf(path: str, key: str = "path") -> list[ClientData]:
+def read_leaf(path: str, key: str = "path") -> list[tuple[str, ClientData]]:
     """Reads a LEAF file, or every `*.json` file of a directory in name order.
 
     Args:
@@ -92,11 +85,12 @@ def read_leaf(path: str, key: str = "path") -> list[ClientData]:
         key: Config key to blame in errors.
 
     Returns:
-        One `ClientData` per user, in file order and, within a file, in `users` order.
+        One `("<file>: user '<user>'", ClientData)` per user, in file order and, within a file,
+        in `users` order.
 
     Raises:
-        ConfigError: `(key, "<file>: <reason>")` for a missing or malformed file, a user listed
-            twice, or users with different feature sizes.
+        ConfigError: `(key, "<file>: <reason>")` for a missing or malformed file, or a user listed
+            twice.
     """
     named: list[tuple[str, ClientData]] = []
     first: dict[str, Path] = {}
@@ -105,12 +99,11 @@ def read_leaf(path: str, key: str = "path") -> list[ClientData]:
             require(user not in first, key, f"{file}: user {user!r} is also in {first.get(user)}")
             first[user] = file
             named.append((f"{file}: user {user!r}", client))
-    check_feature_sizes(named, key)
-    return [client for _, client in named]
+    return named
 
 
 @dataclass(frozen=True)
-class LeafPopulation(ArrayPopulation):
+class LeafPopulation(FilePopulation):
     """A population read from LEAF JSON files; one client per LEAF user.
 
     Users without examples are dropped; the others keep their file order as ids 0..N-1. Held-out
@@ -130,12 +123,6 @@ class LeafPopulation(ArrayPopulation):
     seed: int = 0
     held_out_fraction: float = 0.1
 
-    def __post_init__(self) -> None:
-        check_split_fields(self.seed, self.held_out_fraction)
-        super().__post_init__()
-
-    def load(self) -> FederatedArrays:
-        """Reads the files."""
-        train = read_leaf(self.path)
-        test = read_leaf(self.test_path, "test_path") if self.test_path else None
-        return assemble(train, test, self.held_out_fraction, self.seed, self.test_path)
+    def read(self, path: str, key: str) -> list[tuple[str, ClientData]]:
+        """Reads a LEAF file or directory."""
+        return read_leaf(path, key)

@@ -1,18 +1,21 @@
-"""What every file loader shares: checking one client's arrays and assembling the population.
+"""What every file population shares: checking clients' arrays, then pooling and holding out.
 
-A loader reads a path into a list of `ClientData`, one per client in file order, raising
-`ConfigError(key, "<file>: <reason>")` for anything malformed; `assemble` then holds out clients
-(from a separate test path, or a seeded fraction of the training clients) and pools the arrays.
+A `FilePopulation` reads a path into `(where, ClientData)` pairs, one per client in file order,
+raising `ConfigError(key, "<file>: <reason>")` for anything malformed; `check_feature_sizes`
+checks them against each other, and `assemble` holds out clients (those of a separate test path,
+or a seeded fraction of the training clients) and pools the arrays.
 """
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
-from engine.datasets.arrays import FederatedArrays
+from engine.datasets.arrays import ArrayPopulation, FederatedArrays
 from engine.datasets.partition import split_clients
 from engine.errors import require
 from engine.population import ClientData
@@ -20,16 +23,6 @@ from engine.rng import Stream, generator, require_seed
 
 # Key of the PARTITION stream that picks the held-out clients of a file population.
 _HELD_OUT_KEY = 0
-
-
-def check_split_fields(seed: int, held_out_fraction: float) -> None:
-    """Validates the `seed` and `held_out_fraction` fields of a file population."""
-    require_seed(seed)
-    require(
-        0 <= held_out_fraction < 1,
-        "held_out_fraction",
-        f"must be in [0, 1), got {held_out_fraction}",
-    )
 
 
 def one_line(text: object) -> str:
@@ -72,29 +65,33 @@ def client_from_raw(x: Any, y: Any) -> ClientData:
     return ClientData(x=features, y=labels.astype(np.int64))
 
 
-def check_feature_sizes(named: Sequence[tuple[str, ClientData]], key: str) -> None:
+def check_feature_sizes(
+    named: Sequence[tuple[str, ClientData]], key: str, first: tuple[str, int] | None = None
+) -> tuple[str, int] | None:
     """Checks that all clients with examples have one feature size.
 
     Args:
         named: `(where, client)` pairs, `where` naming the client and its file for the message.
         key: Config key to blame.
+        first: `(where, size)` of a client read before, that these must match; None for none.
+
+    Returns:
+        `(where, size)` of the first client with examples (`first` when given); None if none.
 
     Raises:
         ConfigError: `(key, "<where> has d features per example, <first where> has d0")`.
     """
-    sized = [(where, c.x.shape[1]) for where, c in named if len(c)]
-    for where, size in sized[1:]:
-        first, first_size = sized[0]
+    for where, client in named:
+        if not len(client):
+            continue
+        size = client.x.shape[1]
+        first = first or (where, size)
         require(
-            size == first_size,
+            size == first[1],
             key,
-            f"{where} has {size} features per example, {first} has {first_size}",
+            f"{where} has {size} features per example, {first[0]} has {first[1]}",
         )
-
-
-def feature_size(clients: Sequence[ClientData]) -> int | None:
-    """The common feature size of clients with examples; None if none has examples."""
-    return next((c.x.shape[1] for c in clients if len(c)), None)
+    return first
 
 
 def assemble(
@@ -102,38 +99,78 @@ def assemble(
     test: Sequence[ClientData] | None,
     held_out_fraction: float,
     seed: int,
-    test_path: str | None = None,
 ) -> FederatedArrays:
-    """Pools loaded clients into a `FederatedArrays`, dropping clients without examples.
+    """Pools loaded clients into a `FederatedArrays` (which drops clients without examples).
 
     Args:
-        train: The clients read from `path`, in order.
-        test: The clients read from `test_path`, all held out; None to hold out a seeded
-            `held_out_fraction` of `train` instead (see `split_clients`).
+        train: The clients read from `path`, in order, all of one feature size.
+        test: The clients read from `test_path`, all held out, of the same feature size; None to
+            hold out a seeded `held_out_fraction` of `train` instead (see `split_clients`).
         held_out_fraction: Share of `train` held out when there is no `test`.
         seed: Seed of that choice.
-        test_path: Where `test` came from, for error messages.
 
     Returns:
         Training clients in `train` order, held-out clients in `test` (or `train`) order;
         `num_classes` is one more than the largest label of either, and at least 2.
 
     Raises:
-        ConfigError: No training client has examples ("path"), or the test data has another
-            feature size ("test_path").
+        ConfigError: No training client has examples ("path").
     """
-    train = [c for c in train if len(c)]
-    require(len(train) > 0, "path", "no client has any example")
-    if test is None:
-        keep, held = split_clients(
-            len(train), held_out_fraction, generator(seed, Stream.PARTITION, _HELD_OUT_KEY)
-        )
-        train, test = [train[i] for i in keep], [train[i] for i in held]
-    size, test_size = feature_size(train), feature_size(test)
-    require(
-        test_size is None or test_size == size,
-        "test_path",
-        f"{test_path}: {test_size} features per example, the training data has {size}",
+    require(any(len(c) for c in train), "path", "no client has any example")
+    held_out = [] if test is None else test
+    num_classes = max(int(np.max(c.y, initial=1)) for c in [*train, *held_out]) + 1
+    arrays = FederatedArrays.from_clients(train, held_out, num_classes)
+    if test is not None:
+        return arrays
+    keep, held = split_clients(
+        arrays.num_clients, held_out_fraction, generator(seed, Stream.PARTITION, _HELD_OUT_KEY)
     )
-    labels = [int(c.y.max()) for c in [*train, *test] if len(c)]
-    return FederatedArrays.from_clients(train, test, num_classes=max(*labels, 1) + 1)
+    return replace(arrays, train=arrays.train.select(keep), held_out=arrays.train.select(held))
+
+
+class FilePopulation(ArrayPopulation):
+    """Base of the populations read from files: the training clients, and held-out ones.
+
+    A subclass is a frozen dataclass with the fields below (declared there, so that its own fields
+    can come between them) and implements `read`. Held-out clients are those of `test_path`, or
+    else a seeded `held_out_fraction` of the clients of `path`, taken out of training.
+
+    Attributes:
+        path: The training data.
+        test_path: Optional data of the held-out clients.
+        seed: Seed of the held-out choice when there is no `test_path`.
+        held_out_fraction: Share of clients held out when there is no `test_path`, in [0, 1).
+    """
+
+    path: str
+    test_path: str | None
+    seed: int
+    held_out_fraction: float
+
+    def __post_init__(self) -> None:
+        require_seed(self.seed)
+        require(
+            0 <= self.held_out_fraction < 1,
+            "held_out_fraction",
+            f"must be in [0, 1), got {self.held_out_fraction}",
+        )
+        super().__post_init__()
+
+    @abstractmethod
+    def read(self, path: str, key: str) -> list[tuple[str, ClientData]]:
+        """Reads the clients of `path` as `(where, client)` pairs, in order.
+
+        Raises:
+            ConfigError: `(key, "<file>: <reason>")` for a missing or malformed file.
+        """
+
+    def load(self) -> FederatedArrays:
+        """Reads the files; every client must have the feature size of the first."""
+        train = self.read(self.path, "path")
+        first = check_feature_sizes(train, "path")
+        test = None
+        if self.test_path:
+            named = self.read(self.test_path, "test_path")
+            check_feature_sizes(named, "test_path", first)
+            test = [client for _, client in named]
+        return assemble([c for _, c in train], test, self.held_out_fraction, self.seed)

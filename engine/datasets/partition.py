@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from engine.datasets.arrays import csr_offsets
+
 
 def _csr(owners: np.ndarray, num_clients: int) -> tuple[np.ndarray, np.ndarray]:
     indices = np.argsort(owners, kind="stable").astype(np.int64)
-    sizes = np.bincount(owners, minlength=num_clients)
-    return indices, np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    return indices, csr_offsets(np.bincount(owners, minlength=num_clients))
 
 
 def _check(num_examples: int, num_clients: int, min_examples: int) -> None:

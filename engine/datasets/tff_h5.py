@@ -10,21 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.datasets.arrays import ArrayPopulation, FederatedArrays
-from engine.datasets.loading import (
-    assemble,
-    check_feature_sizes,
-    check_split_fields,
-    client_from_raw,
-    one_line,
-)
+from engine.datasets.loading import FilePopulation, client_from_raw, one_line
 from engine.errors import ConfigError, require
 from engine.population import ClientData
 
 _EXAMPLES = "examples"
 
 
-def read_h5(path: str, x_key: str, y_key: str, key: str = "path") -> list[ClientData]:
+def read_h5(path: str, x_key: str, y_key: str, key: str = "path") -> list[tuple[str, ClientData]]:
     """Reads every client of a TFF HDF5 file.
 
     Args:
@@ -34,11 +27,11 @@ def read_h5(path: str, x_key: str, y_key: str, key: str = "path") -> list[Client
         key: Config key to blame in errors.
 
     Returns:
-        One `ClientData` per client, in sorted client-id order.
+        One `("<file>: client '<id>'", ClientData)` per client, in sorted client-id order.
 
     Raises:
-        ConfigError: `(key, "<file>: <reason>")` for a missing or malformed file, a client
-            without one of the two features, or clients with different feature sizes.
+        ConfigError: `(key, "<file>: <reason>")` for a missing or malformed file, or a client
+            without one of the two features.
     """
     import h5py  # Imported here: only this loader needs it.
 
@@ -65,12 +58,11 @@ def read_h5(path: str, x_key: str, y_key: str, key: str = "path") -> list[Client
                 named.append((where, client_from_raw(client[x_key][()], client[y_key][()])))
             except ValueError as error:
                 raise ConfigError(key, f"{where}: {error}") from None
-    check_feature_sizes(named, key)
-    return [client for _, client in named]
+    return named
 
 
 @dataclass(frozen=True)
-class H5Population(ArrayPopulation):
+class H5Population(FilePopulation):
     """A population read from a TFF HDF5 file; one client per group of `examples/`.
 
     Clients without examples are dropped; the others take ids 0..N-1 in sorted client-id order.
@@ -98,13 +90,8 @@ class H5Population(ArrayPopulation):
         require(len(self.x_key) > 0, "x_key", "must not be empty")
         require(len(self.y_key) > 0, "y_key", "must not be empty")
         require(self.x_key != self.y_key, "y_key", f"must differ from x_key {self.x_key!r}")
-        check_split_fields(self.seed, self.held_out_fraction)
         super().__post_init__()
 
-    def load(self) -> FederatedArrays:
-        """Reads the files."""
-        train = read_h5(self.path, self.x_key, self.y_key)
-        test = (
-            read_h5(self.test_path, self.x_key, self.y_key, "test_path") if self.test_path else None
-        )
-        return assemble(train, test, self.held_out_fraction, self.seed, self.test_path)
+    def read(self, path: str, key: str) -> list[tuple[str, ClientData]]:
+        """Reads a TFF HDF5 file."""
+        return read_h5(path, self.x_key, self.y_key, key)

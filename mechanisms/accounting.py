@@ -1,0 +1,141 @@
+"""The accountant: from (mechanism, noise multiplier, participation bound, rounds) to rho and eps.
+
+rho = sens(C; k, b)^2 / (2 sigma^2) is the zCDP of the whole release. dp-accounting turns it into
+epsilon(delta) twice: with the RDP accountant (`ZCDpEvent(rho)`) and with the PLD accountant, as
+the Gaussian mechanism of the same zCDP (`GaussianDpEvent(1 / sqrt(2 rho))`). The reported
+epsilon is the smaller of the two; both are valid.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import dp_accounting
+from dp_accounting.pld import pld_privacy_accountant
+from dp_accounting.rdp import rdp_privacy_accountant
+
+from engine.errors import require
+from engine.ledger import ObservedParticipation
+from engine.participation import ParticipationBound
+from mechanisms.base import Mechanism
+
+
+@dataclass(frozen=True)
+class PrivacyCost:
+    """What a release of `rounds` rounds costs.
+
+    Guarantees:
+        User-level replace-with-zero adjacency (dp-accounting's REPLACE_SPECIAL; for Gaussian
+        sums the same sensitivity as add/remove, which the PLD accountant is given). Holds for
+        clients that participate at most `max_participations` times, any two rounds at least
+        `min_separation` apart, and whose clipped updates have norm <= the clip norm.
+
+    Attributes:
+        rounds: n.
+        max_participations: k used.
+        min_separation: b used.
+        sensitivity_squared: sens(C; k, b)^2.
+        rho: zCDP.
+        epsilon_rdp: epsilon(delta) by the RDP accountant.
+        epsilon_pld: epsilon(delta) by the PLD accountant.
+        delta: delta.
+    """
+
+    rounds: int
+    max_participations: int
+    min_separation: int
+    sensitivity_squared: float
+    rho: float
+    epsilon_rdp: float
+    epsilon_pld: float
+    delta: float
+
+    @property
+    def epsilon(self) -> float:
+        """The tighter of the two epsilons."""
+        return min(self.epsilon_rdp, self.epsilon_pld)
+
+    def metrics(self, prefix: str = "privacy/") -> dict[str, float]:
+        """The cost as flat metrics."""
+        return {
+            f"{prefix}rho": self.rho,
+            f"{prefix}epsilon": self.epsilon,
+            f"{prefix}epsilon_rdp": self.epsilon_rdp,
+            f"{prefix}epsilon_pld": self.epsilon_pld,
+            f"{prefix}delta": self.delta,
+        }
+
+
+def resolved_participations(bound: ParticipationBound, rounds: int) -> int:
+    """The bound's k, or the most participations that b allows in `rounds` rounds."""
+    most = -(-rounds // bound.min_separation)
+    k = bound.max_participations
+    return most if k is None else min(k, most)
+
+
+def epsilons(rho: float, delta: float) -> tuple[float, float]:
+    """epsilon(delta) of rho-zCDP: (RDP accountant, PLD accountant)."""
+    if rho == 0:
+        return 0.0, 0.0
+    rdp = rdp_privacy_accountant.RdpAccountant(
+        neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_SPECIAL
+    )
+    rdp.compose(dp_accounting.dp_event.ZCDpEvent(rho))
+    pld = pld_privacy_accountant.PLDAccountant(
+        neighboring_relation=dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE
+    )
+    pld.compose(dp_accounting.GaussianDpEvent(1.0 / math.sqrt(2.0 * rho)))
+    return float(rdp.get_epsilon(delta)), float(pld.get_epsilon(delta))
+
+
+def privacy_cost(
+    mechanism: Mechanism, rounds: int, max_participations: int, min_separation: int, delta: float
+) -> PrivacyCost:
+    """The cost of `rounds` rounds of `mechanism` for a (k, b)-participating client.
+
+    Raises:
+        ConfigError: when the mechanism adds no noise (epsilon would be infinite).
+    """
+    sigma = mechanism.noise_multiplier
+    require(sigma > 0, "mechanism.noise_multiplier", "must be > 0 for a privacy guarantee")
+    sens_sq = mechanism.sensitivity_squared(rounds, max_participations, min_separation)
+    rho = sens_sq / (2.0 * sigma**2)
+    rdp, pld = epsilons(rho, delta)
+    return PrivacyCost(rounds, max_participations, min_separation, sens_sq, rho, rdp, pld, delta)
+
+
+def noise_for_epsilon(sensitivity_squared: float, target_epsilon: float, delta: float) -> float:
+    """The smallest noise multiplier whose rho meets `target_epsilon` at `delta`.
+
+    Bisection on rho (epsilon grows with rho), then sigma = sqrt(sens^2 / (2 rho)).
+    """
+    require(target_epsilon > 0, "target_epsilon", f"must be > 0, got {target_epsilon}")
+    low, high = 0.0, 1.0
+    while min(epsilons(high, delta)) < target_epsilon:
+        low, high = high, 2 * high
+    for _ in range(40):
+        mid = (low + high) / 2
+        low, high = (mid, high) if min(epsilons(mid, delta)) <= target_epsilon else (low, mid)
+    return math.sqrt(sensitivity_squared / (2.0 * low)) if low > 0 else math.inf
+
+
+def spent(
+    mechanism: Mechanism, rounds: int, observed: ObservedParticipation, delta: float
+) -> PrivacyCost:
+    """The cost so far, from the ledger's actual participations after `rounds` rounds.
+
+    Uses the tightest (k, b) that every client's committed rounds satisfy: the largest count,
+    and the smallest gap between two rounds of one client (any b when nobody joined twice).
+    """
+    k = max(observed.max_participations, 1)
+    b = observed.min_separation if observed.min_separation is not None else rounds
+    return privacy_cost(mechanism, rounds, k, b, delta)
+
+
+def planned(
+    mechanism: Mechanism, rounds: int, bound: ParticipationBound, delta: float
+) -> PrivacyCost:
+    """The cost of the whole run under the participation policy's declared bound."""
+    k = resolved_participations(bound, rounds)
+    return privacy_cost(mechanism, rounds, k, bound.min_separation, delta)

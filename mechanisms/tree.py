@@ -1,0 +1,259 @@
+"""DP-FTRL tree aggregation: noise whose prefix sums grow like log t, not t."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from engine.errors import require
+from engine.rng import require_seed
+from mechanisms.base import Mechanism
+from mechanisms.gaussian import RoundCursor, add_noise, check_round, standard_normal
+
+
+def honaker_variances(levels: int) -> list[float]:
+    """Variances (in units of sigma^2) of the bottom-up estimates of nodes of levels 0..levels-1.
+
+    A leaf's estimate is its noisy value: v_0 = 1. A node of level l >= 1 combines its own
+    noisy value (variance 1) with the sum of its two children's estimates (independent,
+    variance 2 v_{l-1}) by inverse-variance weighting, which gives
+
+        1 / v_l = 1 + 1 / (2 v_{l-1}),   i.e.   v_l = 2^l / (2^(l+1) - 1),
+
+    and the weight of the node's own value is v_l, that of its children's sum 1 - v_l.
+    """
+    variances = [1.0]
+    while len(variances) < levels:
+        variances.append(1.0 / (1.0 + 1.0 / (2.0 * variances[-1])))
+    return variances[:levels]
+
+
+def _top_level(local_round: int) -> int:
+    """The level of the largest node that completes at `local_round`: the trailing zeros of t+1."""
+    count = local_round + 1
+    return (count & -count).bit_length() - 1
+
+
+def _set_bits(count: int) -> list[int]:
+    """The levels of the dyadic decomposition of [0, count)."""
+    return [level for level in range(count.bit_length()) if count >> level & 1]
+
+
+class _TreeStream:
+    """The next round, d, and the noise of each node of the current decomposition, by level."""
+
+    def __init__(self) -> None:
+        self.cursor = RoundCursor()
+        self.buffers: dict[int, torch.Tensor] = {}
+
+
+@dataclass(frozen=True)
+class TreeMechanism(Mechanism):
+    """DP-FTRL's tree aggregation: prefix-sum noise of variance ~ sigma^2 log2(t), not sigma^2 t.
+
+    Kairouz et al. 2021, "Practical and Private (Deep) Learning without Sampling or Shuffling".
+    The tree has one node per complete dyadic interval of rounds [j 2^l, (j+1) 2^l), released
+    (with fresh noise z ~ N(0, I) from (seed, NOISE, [segment,] l, j)) once its last round has
+    elapsed. The prefix sum after round t is estimated from the nodes of the dyadic
+    decomposition of [0, t], and round t releases the difference of consecutive prefix
+    estimates: x_t + sigma (e_t - e_{t-1}), where e_t is the noise of prefix estimate t (e_{-1}
+    = 0). Model updates that are FTRL on these released values see prefix-sum noise of variance
+    sigma^2 popcount(t+1) instead of sigma^2 (t+1).
+
+    With `efficient`, each node's estimate is Honaker's (2015, "Efficient Use of Differentially
+    Private Binary Trees") bottom-up estimator, as used online in Kairouz et al. 2021: the node's
+    own noisy value and its children's summed estimates, inverse-variance weighted (see
+    `honaker_variances`); the top-down pass needs future nodes and is not available online.
+    Prefix variance at round t is then sigma^2 sum over the set bits l of t+1 of
+    2^l / (2^(l+1) - 1) (-> sigma^2 popcount(t+1) / 2 for high bits).
+
+    With `restart_every` = R, a fresh tree starts every R rounds: prefix sums restart with each
+    segment [s R, (s+1) R) (the "tree restarts" of Kairouz et al. 2021), and the noise of a
+    segment's first round is just its first prefix noise.
+
+    Guarantees:
+        The released sequence is a post-processing of the noisy node values, the Gaussian
+        mechanism C x + sigma z with C [m, n] the node-interval indicators of `matrices`. Each
+        row of C involves only elapsed rounds, so the guarantee holds for adaptively chosen
+        updates (Kairouz et al. 2021; Denisov et al. 2022). With user-level replace-with-zero
+        adjacency, updates of L2 norm <= 1 (in clip norms), and at most k participations any
+        two >= b rounds apart, the release is rho-zCDP with rho = sensitivity_squared(n, k, b)
+        / (2 sigma^2), the same for both estimators (they decode the same C).
+
+    Memory:
+        Between rounds, popcount(t'+1) float32 d-vectors, t' the round within its segment: at
+        most floor(log2(T + 1)) for T rounds (T = R with restarts, and none after a segment's
+        last round). While privatizing, at most two more: the new node, and either the output
+        (which reuses the vector of a node that leaves the decomposition when one does, i.e.
+        when t' is odd) or, with `efficient`, a scratch draw. The state is these vectors and
+        the next round index. Each round draws one d-vector (naive) or top level + 1 (efficient,
+        2 on average): every node of the tree once.
+
+    Attributes:
+        noise_multiplier: sigma, the noise standard deviation in units of the clip norm (> 0).
+        seed: Seed of the noise stream.
+        restart_every: Rounds per tree (R), or None for one tree over the whole run.
+        efficient: Use Honaker's bottom-up estimator instead of the plain node sums.
+    """
+
+    noise_multiplier: float = 1.0
+    seed: int = 0
+    restart_every: int | None = None
+    efficient: bool = False
+    _stream: _TreeStream = field(default_factory=_TreeStream, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        sigma = self.noise_multiplier
+        require(math.isfinite(sigma) and sigma > 0, "noise_multiplier", f"must be > 0, got {sigma}")
+        require_seed(self.seed)
+        every = self.restart_every
+        require(every is None or every >= 1, "restart_every", f"must be >= 1, got {every}")
+
+    def _locate(self, round_idx: int) -> tuple[tuple[int, ...], int]:
+        """(the key prefix of the round's tree, the round's index within it)."""
+        if self.restart_every is None:
+            return (), round_idx
+        segment, local = divmod(round_idx, self.restart_every)
+        return (segment,), local
+
+    def privatize(self, total: torch.Tensor, round_idx: int) -> torch.Tensor:
+        """Returns x_t + sigma (e_t - e_{t-1}), streaming the nodes that complete at round t.
+
+        The nodes of levels 0..v complete at round t (v = trailing zeros of t'+1); the prefix
+        decomposition drops its nodes of levels 0..v-1 (stored) and gains the one of level v.
+
+        Raises:
+            ValueError: If `round_idx` is not the next round, or the dimension changed.
+        """
+        stream = self._stream
+        dim = check_round(stream.cursor, total, round_idx)
+        prefix, local = self._locate(round_idx)
+        if local == 0:
+            stream.buffers.clear()
+        top, count = _top_level(local), local + 1
+
+        def draw(level: int, out: torch.Tensor | None = None) -> torch.Tensor:
+            return standard_normal(dim, self.seed, *prefix, level, (count >> level) - 1, out=out)
+
+        # The nodes of levels < top leave the decomposition: the left children of the new node.
+        leaving = [stream.buffers.pop(level) for level in range(top)]
+        if self.efficient:
+            weights = honaker_variances(top + 1)
+            node = draw(0)
+            scratch = torch.empty_like(node) if top else None
+            for level in range(1, top + 1):  # (1 - w) (left + right) + w z, w = v_level
+                node.add_(leaving[level - 1]).lerp_(draw(level, scratch), weights[level])
+        else:
+            node = draw(top)
+        stream.buffers[top] = node
+        if self.restart_every is not None and count == self.restart_every:
+            stream.buffers.clear()
+        stream.cursor.round += 1
+        if not leaving:
+            return add_noise(total, node, self.noise_multiplier)
+        noise = torch.sub(node, leaving[0], out=leaving[0])
+        for buffer in leaving[1:]:
+            noise.sub_(buffer)
+        return add_noise(total, noise, self.noise_multiplier, reuse=True)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The next round and copies of the stored node noises, by level."""
+        return {
+            "round": self._stream.cursor.round,
+            "seed": self.seed,
+            "restart_every": self.restart_every,
+            "efficient": self.efficient,
+            "buffers": {str(lv): t.clone() for lv, t in sorted(self._stream.buffers.items())},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continues after the rounds that `state` had privatized.
+
+        Raises:
+            ValueError: If the state is of another configuration, or its buffers do not match
+                its round.
+        """
+        for key in ("seed", "restart_every", "efficient"):
+            if state[key] != getattr(self, key):
+                raise ValueError(
+                    f"state has {key}={state[key]}, this mechanism {getattr(self, key)}"
+                )
+        round_idx = int(state["round"])
+        buffers = {
+            int(level): t.detach().to("cpu", torch.float32).clone()
+            for level, t in state["buffers"].items()
+        }
+        _, local = self._locate(round_idx)
+        expected = _set_bits(local)
+        if sorted(buffers) != expected:
+            raise ValueError(
+                f"round {round_idx} needs buffers of levels {expected}, got {sorted(buffers)}"
+            )
+        dims = {t.numel() for t in buffers.values()}
+        if len(dims) > 1:
+            raise ValueError(f"buffers of different sizes {sorted(dims)}")
+        self._stream.buffers = buffers
+        self._stream.cursor.round = round_idx
+        self._stream.cursor.dim = dims.pop() if dims else None
+
+    def _nodes(self, rounds: int) -> Iterator[tuple[int, int, int]]:
+        """(segment, level, index) of the nodes in the order they complete, lower levels first."""
+        every = self.restart_every or max(rounds, 1)
+        for start in range(0, rounds, every):
+            for local in range(min(every, rounds - start)):
+                for level in range(_top_level(local) + 1):
+                    yield start // every, level, ((local + 1) >> level) - 1
+
+    def row_keys(self, rounds: int) -> list[tuple[int, ...]]:
+        """The NOISE-stream keys of the rows of `matrices(rounds)`'s C, in order."""
+        restarts = self.restart_every is not None
+        return [(s, lv, j) if restarts else (lv, j) for s, lv, j in self._nodes(rounds)]
+
+    def matrices(self, rounds: int) -> tuple[np.ndarray, np.ndarray]:
+        """C [m, n]: one row per complete node (its interval's indicator), in completion order.
+
+        C_inv [n, m] = D P W: W maps node noises to the noises of the node estimates (I, or
+        Honaker's recursion), P sums the estimates of each prefix's decomposition, and D takes
+        differences of consecutive prefixes within a segment. P W C = the prefix-sum matrix
+        (within segments), since every estimate is unbiased, so C_inv @ C = I.
+        """
+        every = self.restart_every or max(rounds, 1)
+        nodes = list(self._nodes(rounds))
+        row = {node: i for i, node in enumerate(nodes)}
+        encoder = np.zeros((len(nodes), rounds))
+        estimates = np.eye(len(nodes))
+        variances = honaker_variances(max(rounds, 1).bit_length())
+        for i, (segment, level, index) in enumerate(nodes):
+            start = segment * every + (index << level)
+            encoder[i, start : start + (1 << level)] = 1.0
+            if self.efficient and level > 0:
+                children = estimates[row[segment, level - 1, 2 * index]]
+                children = children + estimates[row[segment, level - 1, 2 * index + 1]]
+                estimates[i] = variances[level] * estimates[i] + (1 - variances[level]) * children
+        decoder = np.zeros((rounds, len(nodes)))
+        for t in range(rounds):
+            segment, local = divmod(t, every)
+            count = local + 1
+            for level in _set_bits(count):
+                decoder[t] += estimates[row[segment, level, (count >> level) - 1]]
+            if local > 0:
+                decoder[t] -= sum(
+                    estimates[row[segment, level, (local >> level) - 1]]
+                    for level in _set_bits(local)
+                )
+        return encoder, decoder
+
+    def sensitivity_squared(
+        self, rounds: int, max_participations: int, min_separation: int
+    ) -> float:
+        """Max over (k, b) participation patterns of ||C sum_i e_i||^2, for the tree's C."""
+        from mechanisms.sensitivity import tree_sensitivity_squared
+
+        return float(
+            tree_sensitivity_squared(rounds, max_participations, min_separation, self.restart_every)
+        )

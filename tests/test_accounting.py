@@ -1,0 +1,87 @@
+"""mechanisms/accounting.py: rho from sensitivity, epsilon from dp-accounting, planning."""
+
+from __future__ import annotations
+
+import math
+
+import dp_accounting
+import pytest
+from dp_accounting.pld import pld_privacy_accountant
+from dp_accounting.rdp import rdp_privacy_accountant
+
+from engine.ledger import ObservedParticipation
+from engine.participation import ParticipationBound
+from mechanisms.accounting import (
+    epsilons,
+    noise_for_epsilon,
+    planned,
+    privacy_cost,
+    resolved_participations,
+    spent,
+)
+from mechanisms.gaussian import GaussianMechanism
+from mechanisms.tree import TreeMechanism
+
+
+def test_epsilons_are_dp_accountings_own():
+    # Independent: compose the equivalent events directly.
+    rho, delta = 0.37, 1e-8
+    rdp = rdp_privacy_accountant.RdpAccountant(
+        neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_SPECIAL
+    )
+    rdp.compose(dp_accounting.dp_event.ZCDpEvent(rho))
+    pld = pld_privacy_accountant.PLDAccountant()
+    pld.compose(dp_accounting.GaussianDpEvent(1 / math.sqrt(2 * rho)))
+    assert epsilons(rho, delta) == pytest.approx((rdp.get_epsilon(delta), pld.get_epsilon(delta)))
+    assert epsilons(rho, delta)[1] <= epsilons(rho, delta)[0] + 1e-6  # PLD is the tighter
+
+
+def test_tree_k1_matches_dp_accountings_tree_event():
+    # dp-accounting's SingleEpochTreeAggregationDpEvent(1.13, 1600) under REPLACE_SPECIAL is
+    # rho = depth / (2 sigma^2) = 11 / (2 * 1.13^2) = 4.307307.
+    cost = privacy_cost(TreeMechanism(noise_multiplier=1.13), 1600, 1, 1600, 1e-10)
+    assert cost.rho == pytest.approx(4.307307, abs=1e-6)
+    rdp = rdp_privacy_accountant.RdpAccountant(
+        neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_SPECIAL
+    )
+    rdp.compose(dp_accounting.dp_event.SingleEpochTreeAggregationDpEvent(1.13, 1600))
+    assert cost.epsilon_rdp == pytest.approx(rdp.get_epsilon(1e-10), rel=1e-9)
+
+
+def test_gaussian_rho_is_k_over_two_sigma_squared():
+    cost = privacy_cost(GaussianMechanism(noise_multiplier=2.0), 100, 5, 10, 1e-6)
+    assert cost.sensitivity_squared == 5
+    assert cost.rho == pytest.approx(5 / 8)
+
+
+@pytest.mark.parametrize(
+    ("k", "b", "rounds", "expected"), [(None, 1, 10, 10), (None, 4, 10, 3), (2, 4, 10, 2)]
+)
+def test_resolved_participations(k, b, rounds, expected):
+    assert resolved_participations(ParticipationBound(k, b), rounds) == expected
+
+
+@pytest.mark.parametrize("target", [0.5, 2.0, 8.0])
+def test_noise_for_epsilon_meets_the_target_tightly(target):
+    sens_sq, delta = 11.0, 1e-10
+    sigma = noise_for_epsilon(sens_sq, target, delta)
+    assert min(epsilons(sens_sq / (2 * sigma**2), delta)) <= target * (1 + 1e-9)
+    assert min(epsilons(sens_sq / (2 * (0.99 * sigma) ** 2), delta)) > target
+
+
+def test_spent_uses_the_observed_participation():
+    mechanism = GaussianMechanism(noise_multiplier=1.0)
+    seen = ObservedParticipation(
+        max_participations=3, min_separation=5, clients=9, contributions=20
+    )
+    assert spent(mechanism, 40, seen, 1e-6).rho == pytest.approx(3 / 2)
+    never_twice = ObservedParticipation(
+        max_participations=1, min_separation=None, clients=9, contributions=9
+    )
+    assert spent(mechanism, 40, never_twice, 1e-6).rho == pytest.approx(1 / 2)
+
+
+def test_planned_uses_the_declared_bound():
+    mechanism = GaussianMechanism(noise_multiplier=1.0)
+    assert planned(mechanism, 100, ParticipationBound(None, 10), 1e-6).max_participations == 10
+    assert planned(mechanism, 100, ParticipationBound(4, 10), 1e-6).rho == pytest.approx(2.0)
