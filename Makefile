@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 export WANDB_SILENT := true
 
-.PHONY: run test lint bench bench-population clean
+.PHONY: run test lint bench bench-population bench-privacy clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -28,6 +28,9 @@ lint: $(STAMP)
 
 bench: $(STAMP)  ## Per-round overhead of fedray above a plain torch loop (JSON lines).
 	$(BIN)/python scripts/bench_overhead.py $(ARGS)
+
+bench-privacy: $(STAMP)  ## Noise time per round and memory of every mechanism; sensitivity and optimiser times.
+	$(BIN)/python scripts/bench_privacy.py $(ARGS)
 
 bench-population: $(STAMP)  ## Driver bytes per client and ms per round of availability + selection at 1M and 10M.
 	$(BIN)/python scripts/bench_population.py $(ARGS)

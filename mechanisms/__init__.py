@@ -1,4 +1,4 @@
-"""Privacy: noise mechanisms (and, later, clipping and accounting).
+"""Privacy: per-client clipping, noise mechanisms, their sensitivity, and the accountant.
 
 Conventions, used everywhere in fedray:
     - Adjacency is user-level: one client's whole data replaced by zero (dp-accounting's

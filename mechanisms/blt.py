@@ -220,7 +220,7 @@ class BltMechanism(Mechanism):
         Raises:
             ValueError: If `round_idx` is not the next round, or the dimension changed.
         """
-        theta, omega = (torch.from_numpy(v).float() for v in self.parameters)
+        theta, omega = (torch.tensor(v, dtype=torch.float32) for v in self.parameters)
         stream = self._stream
         dim = check_round(stream.cursor, total, round_idx)
         noise = standard_normal(dim, self.seed, round_idx)

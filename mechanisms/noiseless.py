@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
+from engine.errors import require
 from mechanisms.base import Mechanism
 
 
@@ -17,9 +18,16 @@ class NoNoise(Mechanism):
 
     Guarantees:
         None: epsilon is infinite. Use it for utility baselines only.
+
+    Attributes:
+        noise_multiplier: Always 0; a field only so that a private experiment can be rerun as
+            its non-private baseline with `mechanism=none mechanism.noise_multiplier=0`.
     """
 
-    noise_multiplier: float = field(default=0.0, init=False)
+    noise_multiplier: float = 0.0
+
+    def __post_init__(self) -> None:
+        require(self.noise_multiplier == 0, "noise_multiplier", "must be 0: this adds no noise")
 
     def privatize(self, total: torch.Tensor, round_idx: int) -> torch.Tensor:
         """Identity."""

@@ -81,7 +81,8 @@ def test_tree_sensitivity_line(lines):
     (line,) = (line for line in lines if line["metric"] == "tree_sensitivity")
     assert set(line) == SENSITIVITY_KEYS
     assert finite_positive(line["seconds"]) and finite_positive(line["cpu_seconds"])
-    assert line["value"] == float(int(line["value"])) and 3 <= line["value"] <= 3 * 7
+    # Each of k = 3 rounds is in one node per level (7 levels), and a node adds count^2.
+    assert line["value"] == float(int(line["value"])) and 3 * 7 <= line["value"] <= 9 * 7
 
 
 def test_optimise_lines(lines):
@@ -102,7 +103,8 @@ def test_noise_round_lines(lines):
     for line in (line for line in lines if line["metric"] == "noise_round"):
         name = line["mechanism"]
         assert set(line) == NOISE_KEYS, name
-        assert (line["dim"], line["rounds"], line["warmup"], line["torch_threads"]) == (1000, 3, 2, 1)
+        sizes = (line["dim"], line["rounds"], line["warmup"], line["torch_threads"])
+        assert sizes == (1000, 3, 2, 1)
         for key in (*TIMES, "ratio_to_gaussian_mean", "ratio_to_gaussian_p50"):
             assert finite_positive(line[key]), (name, key)
         assert line["round_ms_p50"] <= line["round_ms_p90"]
@@ -110,6 +112,6 @@ def test_noise_round_lines(lines):
         assert line["state_d"] == STATE_D[name]
         for key in ("strategy_s", "rss_growth_d", "rss_growth_trimmed_d", "peak_rss_growth_d"):
             assert math.isfinite(line[key]), (name, key)
-        assert (line["strategy_s"] > 0) == (name in ("banded_mf", "blt"))
+        assert line["strategy_s"] > 0 if name in ("banded_mf", "blt") else line["strategy_s"] >= 0
     gaussian = next(line for line in lines if line.get("mechanism") == "gaussian")
     assert gaussian["ratio_to_gaussian_mean"] == gaussian["ratio_to_gaussian_p50"] == 1.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -17,7 +18,21 @@ from tests.conftest import compose_config
 
 # Options whose yaml leaves a required input (a data file) to the user: built in their own tests.
 NEEDS_A_FILE = {("population", "leaf"), ("population", "tff_h5")}
-GROUPS = ("population", "availability", "participation", "devices", "model")
+GROUPS = (
+    "population",
+    "availability",
+    "participation",
+    "devices",
+    "model",
+    "mechanism",
+    "clipping",
+    "strategy",
+)
+# What an option needs beside it: private mechanisms need clipping, clipping uniform weights.
+NEEDS = {
+    "mechanism": ("clipping=fixed", "aggregation.weighting=uniform"),
+    "clipping": ("aggregation.weighting=uniform",),
+}
 OPTIONS = [
     (group, path.stem)
     for group in GROUPS
@@ -28,14 +43,19 @@ OPTIONS = [
 
 @pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
 def test_every_option_composes_and_builds(group, option):
-    experiment, _ = build_experiment(compose_config("experiment=smoke", f"{group}={option}"))
+    extra = NEEDS.get(group, ()) if option != "none" else ()
+    experiment, _ = build_experiment(
+        compose_config("experiment=smoke", f"{group}={option}", *extra)
+    )
     assert experiment.participation.cohort_size <= experiment.population.num_clients
     mask = experiment.availability.available(3600.0)
     assert mask.shape == (experiment.population.num_clients,)
     experiment.model_factory()
 
 
-@pytest.mark.parametrize("name", ["diurnal_cyclic_1m", "fedscale_replay", "quickstart"])
+@pytest.mark.parametrize(
+    "name", ["diurnal_cyclic_1m", "fedscale_replay", "quickstart", "blt_cyclic"]
+)
 def test_experiments_compose(name):
     experiment, _ = build_experiment(compose_config(f"experiment={name}"))
     assert experiment.name == name
@@ -101,3 +121,31 @@ def test_fedscale_replay_runs(tmp_path):
     assert summary["rounds_completed"] == 6
     assert all(row["participation/dropped"] >= 0 for row in rows)
     assert all(0 < row["participation/available"] < 20_000 for row in rows)
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_private_run_reports_privacy_spent_from_the_ledger(tmp_path):
+    rows, summary = _run(
+        tmp_path,
+        "experiment=smoke",
+        "mechanism=blt",
+        "mechanism.noise_multiplier=2.0",
+        "participation=cyclic",
+        "participation.num_groups=2",
+        "clipping=adaptive",
+        "aggregation.weighting=uniform",
+        "strategy=dpftrl",
+        "rounds=6",
+        "eval.every=2",
+    )
+    evaluated = [row for row in rows if "eval/accuracy" in row]
+    assert [row["round"] for row in evaluated] == [1, 3, 5]
+    epsilons = [row["privacy/epsilon"] for row in evaluated]
+    assert all(0 < a <= b for a, b in itertools.pairwise(epsilons))
+    assert all("privacy/clip_norm" in row and "privacy/unclipped_fraction" in row for row in rows)
+    assert summary["privacy/epsilon"] == epsilons[-1]
+    assert summary["privacy/rho"] == evaluated[-1]["privacy/rho"]
+    assert summary["privacy/delta"] == 1e-10
+    # Spent (from the ledger) never exceeds planned (from the declared bound).
+    assert summary["privacy/rho"] <= summary["privacy/planned_rho"]
+    assert summary["participation/bound_min_separation"] == 2

@@ -129,3 +129,38 @@ def test_a_policy_that_runs_out_of_clients_is_refused_before_training():
         )
     assert err.value.key == "participation.max_participations"
     assert "100 rounds need at least 8000 contributions" in str(err.value)
+
+
+def test_a_run_planned_above_the_target_epsilon_refuses_to_start():
+    with pytest.raises(ConfigError) as err:
+        check_command_line(
+            [
+                "mechanism=gaussian",
+                "clipping=fixed",
+                "aggregation.weighting=uniform",
+                "privacy.target_epsilon=1",
+            ]
+        )
+    assert err.value.key == "mechanism.noise_multiplier"
+    message = str(err.value)
+    assert "planned epsilon" in message and "noise_multiplier >= " in message
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        (["mechanism=gaussian"], "clipping"),
+        (["mechanism=gaussian", "clipping=fixed"], "aggregation.weighting"),
+        (
+            ["clipping=adaptive", "clipping.count_noise_multiplier=0"],
+            "clipping.count_noise_multiplier",
+        ),
+        (["mechanism=tree", "mechanism.noise_multiplier=0"], "mechanism.noise_multiplier"),
+        (["mechanism=blt", "mechanism.rounds=5"], "mechanism.rounds"),  # injected
+        (["privacy.delta=1"], "privacy.delta"),
+    ],
+)
+def test_privacy_config_errors_name_the_key(overrides, key):
+    with pytest.raises(ConfigError) as err:
+        check_command_line(overrides)
+    assert err.value.key == key
