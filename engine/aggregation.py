@@ -30,6 +30,7 @@ class Partial:
         loss_sum: Sum of the clients' local training losses (see `ClientUpdate`).
         examples_seen: Examples behind `loss_sum`.
         bit_sum: Sum of the clients' adaptive-clipping bits (1[unclipped] - 1/2).
+        clip_norm: The clip norm the updates were clipped to; None when not clipped.
     """
 
     update_sum: np.ndarray
@@ -38,6 +39,7 @@ class Partial:
     loss_sum: float = 0.0
     examples_seen: int = 0
     bit_sum: float = 0.0
+    clip_norm: float | None = None
 
     def add(self, update: ClientUpdate, weight: float, bit: float = 0.0) -> None:
         """Adds one client's update with the given weight (and clipping bit)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -150,7 +151,12 @@ def build_experiment(cfg: DictConfig) -> tuple[Experiment, Tracking]:
 
 def build_mechanism(cfg: DictConfig, rounds: int, bound: ParticipationBound) -> Mechanism:
     """The config's mechanism, given the run's (n, k, b) when it optimises for them."""
-    mechanism: Mechanism = _component(cfg, "mechanism", **_mechanism_inputs(cfg, rounds, bound))
+    inputs = _mechanism_inputs(cfg, rounds, bound)
+    mechanism: Mechanism = _component(cfg, "mechanism", **inputs)
+    # Optimise the strategy here, once: the driver's accountant and the server's noise then use
+    # the very same C, carried with the pickled mechanism.
+    k = resolved_participations(bound, rounds)
+    _checked("mechanism", lambda: mechanism.sensitivity_squared(rounds, k, bound.min_separation))
     return mechanism
 
 
@@ -181,7 +187,15 @@ def _check_private(experiment: Experiment) -> None:
         "aggregation.weighting",
         "must be 'uniform' with clipping: an example-count weight would escape the clip norm",
     )
+    if private:
+        z = exp.mechanism.noise_multiplier
+        _checked("clipping", lambda: exp.clipping.value_noise_multiplier(z))
     target = exp.privacy.target_epsilon
+    require(
+        private or target is None,
+        "privacy.target_epsilon",
+        f"{target} is set, but mechanism={type(exp.mechanism).__name__} adds no noise",
+    )
     if not private or target is None:
         return
     cost = planned(exp.mechanism, exp.rounds, exp.participation.bound, exp.privacy.delta)
@@ -191,7 +205,8 @@ def _check_private(experiment: Experiment) -> None:
             "mechanism.noise_multiplier",
             f"planned epsilon {cost.epsilon:.4g} (delta {cost.delta:g}, "
             f"k={cost.max_participations}, b={cost.min_separation}, {exp.rounds} rounds) exceeds "
-            f"privacy.target_epsilon={target:g}; noise_multiplier >= {needed:.4g} would meet it",
+            f"privacy.target_epsilon={target:g}; noise_multiplier >= {_round_up(needed)} would "
+            "meet it",
         )
 
 
@@ -217,3 +232,9 @@ def _check_consistent(experiment: Experiment) -> None:
         "participation.cohort_size",
         f"{cohort} is larger than the {largest} clients a round may choose from",
     )
+
+
+def _round_up(value: float, digits: int = 4) -> float:
+    """`value` rounded up to `digits` significant digits (a suggestion that still holds)."""
+    step = 10 ** (math.floor(math.log10(value)) - digits + 1)
+    return round(math.ceil(value / step) * step, 12)

@@ -64,11 +64,12 @@ class ParameterServer:
         """
         start = time.perf_counter()
         chunks = [partial for partials in worker_partials for partial in partials]
+        if any(chunk.clip_norm != self.clip_norm for chunk in chunks):
+            raise RuntimeError(f"round {round_idx}: updates clipped to another clip norm")
         total = self._aggregator.reduce(chunks, len(self._params))
-        metrics = {
-            "train/loss": total.loss_sum / max(total.examples_seen, 1),
-            "participation/clients_aggregated": float(total.num_clients),
-        }
+        metrics = {"participation/clients_aggregated": float(total.num_clients)}
+        if self._mechanism.noise_multiplier == 0:  # clients' losses are not privatised
+            metrics["train/loss"] = total.loss_sum / max(total.examples_seen, 1)
         if self.clip_norm is not None:
             update = self._private_average(total, round_idx, self.clip_norm, metrics)
         elif total.num_clients > 0:
@@ -94,15 +95,15 @@ class ParameterServer:
         z = self._mechanism.noise_multiplier
         z_delta = self._clipping.value_noise_multiplier(z) if z > 0 else 1.0
         scale = z / z_delta if z > 0 else 1.0
-        values = torch.from_numpy(total.update_sum).to(torch.float64) / clip_norm
+        values = torch.from_numpy(total.update_sum) * (scale / clip_norm)  # float32, one pass
         count_scale = self._clipping.bit_noise_std
         if count_scale is not None:
-            bits = torch.tensor([total.bit_sum * z_delta / count_scale], dtype=torch.float64)
+            bits = torch.tensor([total.bit_sum * z_delta / count_scale * scale])
             values = torch.cat([values, bits])
-        released = self._mechanism.privatize((values * scale).float(), round_idx) / scale
-        update = released[: len(self._params)] * (clip_norm / self._cohort_size)
+        released = self._mechanism.privatize(values, round_idx)
+        update = released[: len(self._params)].mul_(clip_norm / (scale * self._cohort_size))
         if count_scale is not None:
-            noisy_bits = float(released[-1]) * count_scale / z_delta
+            noisy_bits = float(released[-1]) / scale * count_scale / z_delta
             unclipped = noisy_bits / self._cohort_size + 0.5
             clip_norm_next = self._clipping.next_norm(clip_norm, unclipped)
             metrics["privacy/unclipped_fraction"] = unclipped
@@ -111,4 +112,4 @@ class ParameterServer:
         self.clip_norm = clip_norm_next
         metrics["privacy/clip_norm"] = clip_norm
         metrics["privacy/next_clip_norm"] = clip_norm_next
-        return update.float()
+        return update

@@ -65,6 +65,7 @@ class ClientWorker:
         partials = []
         for chunk in chunks:
             partial = self._aggregator.zeros(len(params))
+            partial.clip_norm = clip_norm
             for client_id in chunk.tolist():
                 rng = generator(self._seed, Stream.CLIENT_TRAIN, round_idx, client_id)
                 data = self._population.client_data(client_id)

@@ -1,9 +1,11 @@
 """The accountant: from (mechanism, noise multiplier, participation bound, rounds) to rho and eps.
 
 rho = sens(C; k, b)^2 / (2 sigma^2) is the zCDP of the whole release. dp-accounting turns it into
-epsilon(delta) twice: with the RDP accountant (`ZCDpEvent(rho)`) and with the PLD accountant, as
-the Gaussian mechanism of the same zCDP (`GaussianDpEvent(1 / sqrt(2 rho))`). The reported
-epsilon is the smaller of the two; both are valid.
+epsilon(delta) twice: with the RDP accountant (`ZCDpEvent(rho)`), and with the PLD accountant as
+`GaussianDpEvent(1 / sqrt(2 rho))`. The second is exact here, not merely zCDP-equivalent: the
+release x + C^-1 z is a Gaussian mechanism whose sensitivity (in the C-encoded space) is
+sens(C; k, b), i.e. mu-GDP with mu = sens / sigma, adaptively composed (Denisov et al. 2022).
+The reported epsilon is the smaller of the two; both are valid.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from dataclasses import dataclass
 import dp_accounting
 from dp_accounting.pld import pld_privacy_accountant
 from dp_accounting.rdp import rdp_privacy_accountant
+from scipy.optimize import brentq
+from scipy.special import log_ndtr, ndtr
 
 from engine.errors import require
 from engine.ledger import ObservedParticipation
@@ -105,19 +109,45 @@ def privacy_cost(
     return PrivacyCost(rounds, max_participations, min_separation, sens_sq, rho, rdp, pld, delta)
 
 
-def noise_for_epsilon(sensitivity_squared: float, target_epsilon: float, delta: float) -> float:
-    """The smallest noise multiplier whose rho meets `target_epsilon` at `delta`.
+def gaussian_epsilon(rho: float, delta: float) -> float:
+    """The exact epsilon(delta) of the Gaussian mechanism with rho-zCDP (mu-GDP, mu = sqrt(2 rho)).
 
-    Bisection on rho (epsilon grows with rho), then sigma = sqrt(sens^2 / (2 rho)).
+    Balle and Wang 2018: delta(eps) = Phi(mu/2 - eps/mu) - e^eps Phi(-mu/2 - eps/mu), solved for
+    eps. Cheap and exact; the PLD accountant's figure converges to it from above.
+    """
+    mu = math.sqrt(2.0 * rho)
+
+    def excess(eps: float) -> float:
+        tail = math.exp(eps + log_ndtr(-mu / 2 - eps / mu)) if mu > 0 else 0.0
+        return float(ndtr(mu / 2 - eps / mu)) - tail - delta
+
+    if mu == 0 or excess(0.0) <= 0:
+        return 0.0
+    high = 1.0
+    while excess(high) > 0:
+        high *= 2
+    return float(brentq(excess, 0.0, high, xtol=1e-12))
+
+
+def noise_for_epsilon(sensitivity_squared: float, target_epsilon: float, delta: float) -> float:
+    """The smallest noise multiplier (to 0.05%) whose reported epsilon meets `target_epsilon`.
+
+    Bisection on rho with the exact Gaussian epsilon, then sigma = sqrt(sens^2 / (2 rho)),
+    nudged up until the reported epsilon (the tighter of RDP and PLD) is within the target.
     """
     require(target_epsilon > 0, "target_epsilon", f"must be > 0, got {target_epsilon}")
     low, high = 0.0, 1.0
-    while min(epsilons(high, delta)) < target_epsilon:
+    while gaussian_epsilon(high, delta) < target_epsilon:
         low, high = high, 2 * high
-    for _ in range(40):
+    for _ in range(60):
         mid = (low + high) / 2
-        low, high = (mid, high) if min(epsilons(mid, delta)) <= target_epsilon else (low, mid)
-    return math.sqrt(sensitivity_squared / (2.0 * low)) if low > 0 else math.inf
+        low, high = (mid, high) if gaussian_epsilon(mid, delta) <= target_epsilon else (low, mid)
+    if low == 0:
+        return math.inf
+    sigma = math.sqrt(sensitivity_squared / (2.0 * low))
+    while min(epsilons(sensitivity_squared / (2.0 * sigma**2), delta)) > target_epsilon:
+        sigma *= 1.0005
+    return sigma
 
 
 def spent(

@@ -19,14 +19,21 @@ from engine.errors import require
 def clip_update(delta: np.ndarray, clip_norm: float) -> tuple[np.ndarray, float]:
     """Scales `delta` to L2 norm at most `clip_norm`.
 
+    Guarantees:
+        The returned update has L2 norm <= clip_norm whatever `delta` holds: a non-finite
+        update (NaN or Inf anywhere) is replaced by zeros, and the float32 scale is shrunk by
+        2^-20 so that rounding cannot overshoot.
+
     Returns:
         The clipped update (a new array when scaled, `delta` itself otherwise) and the bit
         b = 1[||delta|| <= clip_norm] - 1/2 of adaptive clipping (Andrew et al. 2019).
     """
     norm = float(np.linalg.norm(delta.astype(np.float64, copy=False)))
+    if not math.isfinite(norm):
+        return np.zeros_like(delta), -0.5
     if norm <= clip_norm:
         return delta, 0.5
-    return delta * np.float32(clip_norm / norm), -0.5
+    return delta * np.float32(clip_norm / norm * (1 - 2**-20)), -0.5
 
 
 class Clipping(ABC):
@@ -85,7 +92,8 @@ class FixedClipping(Clipping):
     clip_norm: float = 1.0
 
     def __post_init__(self) -> None:
-        require(self.clip_norm > 0, "clip_norm", f"must be > 0, got {self.clip_norm}")
+        ok = math.isfinite(self.clip_norm) and self.clip_norm > 0
+        require(ok, "clip_norm", f"must be finite and > 0, got {self.clip_norm}")
 
     @property
     def initial_norm(self) -> float | None:
@@ -131,7 +139,8 @@ class AdaptiveClipping(Clipping):
     count_noise_multiplier: float = 10.0
 
     def __post_init__(self) -> None:
-        require(self.initial_clip_norm > 0, "initial_clip_norm", "must be > 0")
+        ok = math.isfinite(self.initial_clip_norm) and self.initial_clip_norm > 0
+        require(ok, "initial_clip_norm", "must be finite and > 0")
         require(0 < self.target_quantile < 1, "target_quantile", "must be in (0, 1)")
         require(self.learning_rate > 0, "learning_rate", "must be > 0")
         require(self.count_noise_multiplier > 0, "count_noise_multiplier", "must be > 0")

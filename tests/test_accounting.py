@@ -13,6 +13,7 @@ from engine.ledger import ObservedParticipation
 from engine.participation import ParticipationBound
 from mechanisms.accounting import (
     epsilons,
+    gaussian_epsilon,
     noise_for_epsilon,
     planned,
     privacy_cost,
@@ -65,8 +66,18 @@ def test_resolved_participations(k, b, rounds, expected):
 def test_noise_for_epsilon_meets_the_target_tightly(target):
     sens_sq, delta = 11.0, 1e-10
     sigma = noise_for_epsilon(sens_sq, target, delta)
-    assert min(epsilons(sens_sq / (2 * sigma**2), delta)) <= target * (1 + 1e-9)
+    assert min(epsilons(sens_sq / (2 * sigma**2), delta)) <= target
     assert min(epsilons(sens_sq / (2 * (0.99 * sigma) ** 2), delta)) > target
+
+
+@pytest.mark.parametrize("rho", [0.01, 0.7, 5.0, 40.0])
+def test_gaussian_epsilon_is_the_pld_limit(rho):
+    # dp-accounting's PLD with a fine grid converges to the exact Gaussian curve from above.
+    pld = pld_privacy_accountant.PLDAccountant(value_discretization_interval=1e-5)
+    pld.compose(dp_accounting.GaussianDpEvent(1 / math.sqrt(2 * rho)))
+    exact = gaussian_epsilon(rho, 1e-8)
+    assert exact <= pld.get_epsilon(1e-8) * (1 + 1e-9)
+    assert exact == pytest.approx(pld.get_epsilon(1e-8), rel=1e-3)
 
 
 def test_spent_uses_the_observed_participation():

@@ -89,6 +89,7 @@ def test_validation_names_the_key(cls, field, value):
 
 def _partial(updates: list[np.ndarray], clip: float | None) -> Partial:
     partial = DenseAggregator("uniform").zeros(len(updates[0]))
+    partial.clip_norm = clip
     for delta in updates:
         update = ClientUpdate(delta=delta, num_examples=5, loss_sum=1.0, examples_seen=5)
         if clip is None:
@@ -132,3 +133,17 @@ def test_non_private_server_keeps_the_weighted_average():
     weights, metrics = server.apply(0, [_partial(updates, None)])
     np.testing.assert_allclose(weights, [2.0, 2.0, 2.0])
     assert "privacy/clip_norm" not in metrics
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_a_non_finite_update_is_dropped_to_zero(bad):
+    delta = np.array([1.0, bad, 2.0], dtype=np.float32)
+    clipped, bit = clip_update(delta, 1.0)
+    np.testing.assert_array_equal(clipped, np.zeros(3, np.float32))
+    assert bit == -0.5
+
+
+def test_the_server_refuses_updates_clipped_to_another_norm():
+    server = _server(FixedClipping(1.0), cohort_size=4)
+    with pytest.raises(RuntimeError, match="another clip norm"):
+        server.apply(0, [_partial([np.ones(3, np.float32)], 2.0)])

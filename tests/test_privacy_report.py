@@ -55,7 +55,7 @@ def test_target_epsilon_finds_the_noise_multiplier(mechanism):
         "--mechanism", mechanism, "--target-epsilon", "4", "--rounds", "64",
         "--max-participations", "4", "--min-separation", "8",
     )  # fmt: skip
-    assert min(line["epsilon_rdp"], line["epsilon_pld"]) == pytest.approx(4.0, rel=1e-6)
+    assert 4.0 * 0.995 < min(line["epsilon_rdp"], line["epsilon_pld"]) <= 4.0
     assert line["noise_multiplier"] > 0
 
 

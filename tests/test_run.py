@@ -158,6 +158,17 @@ def test_a_run_planned_above_the_target_epsilon_refuses_to_start():
         (["mechanism=tree", "mechanism.noise_multiplier=0"], "mechanism.noise_multiplier"),
         (["mechanism=blt", "mechanism.rounds=5"], "mechanism.rounds"),  # injected
         (["privacy.delta=1"], "privacy.delta"),
+        (["privacy.target_epsilon=4"], "privacy.target_epsilon"),  # no noise: no guarantee
+        (
+            [
+                "mechanism=gaussian",
+                "mechanism.noise_multiplier=10",
+                "clipping=adaptive",
+                "clipping.count_noise_multiplier=1",
+                "aggregation.weighting=uniform",
+            ],
+            "clipping.count_noise_multiplier",
+        ),
     ],
 )
 def test_privacy_config_errors_name_the_key(overrides, key):
