@@ -70,10 +70,10 @@ def test_noise_for_epsilon_meets_the_target_tightly(target):
     assert min(epsilons(sens_sq / (2 * (0.99 * sigma) ** 2), delta)) > target
 
 
-@pytest.mark.parametrize("rho", [0.01, 0.7, 5.0, 40.0])
+@pytest.mark.parametrize("rho", [0.01, 0.7, 5.0])
 def test_gaussian_epsilon_is_the_pld_limit(rho):
     # dp-accounting's PLD with a fine grid converges to the exact Gaussian curve from above.
-    pld = pld_privacy_accountant.PLDAccountant(value_discretization_interval=1e-5)
+    pld = pld_privacy_accountant.PLDAccountant(value_discretization_interval=2e-5)
     pld.compose(dp_accounting.GaussianDpEvent(1 / math.sqrt(2 * rho)))
     exact = gaussian_epsilon(rho, 1e-8)
     assert exact <= pld.get_epsilon(1e-8) * (1 + 1e-9)
