@@ -1,8 +1,21 @@
-"""What one virtual client does: local SGD on its own data, and evaluation of a model."""
+"""What one virtual client does: local SGD on its own data, and evaluation of a model.
+
+Data: `ClientData.x` holds float32 features [n, ...] for classifiers, or int64 token ids
+[n, seq] for language models, whose `y` holds the int64 next tokens [n, seq]. Logits of shape
+[n, ..., num_classes] are flattened to [-1, num_classes] and targets to [-1], so a sequence
+model is trained and evaluated per token; a classifier's [n, num_classes] logits are unchanged.
+
+Optional model hooks, duck-typed (see `engine.models`): `loss(x, y)` replaces the default
+cross-entropy during training, `begin_client(x, y)` is called once per client after the global
+parameters are loaded (before training, and before evaluating that client), and `round_stats()`
+returns per-client statistics accumulated during training, returned in `ClientUpdate.stats`.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -12,6 +25,9 @@ from torch.nn import functional as F  # noqa: N812
 from engine.errors import require
 from engine.models import assign_flat
 from engine.population import ClientData
+
+# Evaluation runs in slices of examples whose logits hold at most this many values.
+_EVAL_LOGITS = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -38,17 +54,53 @@ class LocalTraining:
 class ClientUpdate:
     """A client's result: its model delta and its training statistics.
 
+    An example is a row of the client's data: one sequence for a language model.
+
     Attributes:
         delta: Trained minus received parameters, float32 [d].
         num_examples: The client's example count.
         loss_sum: Sum over local steps of (mean batch loss x batch size).
         examples_seen: Sum of the batch sizes (epochs x num_examples).
+        stats: The model's `round_stats()` for this client's training (e.g. tokens per expert);
+            empty for models without the hook.
     """
 
     delta: np.ndarray
     num_examples: int
     loss_sum: float
     examples_seen: int
+    stats: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def flat_cross_entropy(
+    logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean"
+) -> torch.Tensor:
+    """Cross-entropy of logits [..., C] against targets [...], over all positions."""
+    return F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction=reduction
+    )
+
+
+def training_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The model's `loss(x, y)` hook if it has one, else the mean cross-entropy of its logits."""
+    hook = getattr(model, "loss", None)
+    if callable(hook):
+        loss: torch.Tensor = hook(x, y)
+        return loss
+    return flat_cross_entropy(model(x), y)
+
+
+def begin_client(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
+    """Calls the model's `begin_client(x, y)` hook, if it has one."""
+    hook = getattr(model, "begin_client", None)
+    if callable(hook):
+        hook(x, y)
+
+
+def round_stats(model: nn.Module) -> dict[str, np.ndarray]:
+    """The model's `round_stats()` (which resets them), or {} for a model without the hook."""
+    hook = getattr(model, "round_stats", None)
+    return dict(hook()) if callable(hook) else {}
 
 
 def train_client(
@@ -70,14 +122,17 @@ def train_client(
     assign_flat(model, params)
     weights: list[torch.Tensor] = list(model.parameters())
     x, y = torch.from_numpy(data.x), torch.from_numpy(data.y)
+    begin_client(model, x, y)
+    round_stats(model)  # discards what earlier calls (e.g. an evaluation) accumulated
     loss_sum = 0.0
     for _ in range(training.epochs):
         order = torch.from_numpy(rng.permutation(len(data)))
         for batch in order.split(training.batch_size):
-            loss = F.cross_entropy(model(x[batch]), y[batch])
-            grads = torch.autograd.grad(loss, weights)
+            loss = training_loss(model, x[batch], y[batch])
+            grads = torch.autograd.grad(loss, weights, allow_unused=True)
+            used = [(w, g) for w, g in zip(weights, grads, strict=True) if g is not None]
             with torch.no_grad():
-                torch._foreach_add_(weights, grads, alpha=-training.lr)
+                torch._foreach_add_([w for w, _ in used], [g for _, g in used], alpha=-training.lr)
             loss_sum += loss.item() * len(batch)
     with torch.no_grad():
         delta = nn.utils.parameters_to_vector(weights) - params
@@ -86,12 +141,15 @@ def train_client(
         num_examples=len(data),
         loss_sum=loss_sum,
         examples_seen=training.epochs * len(data),
+        stats=round_stats(model),
     )
 
 
 @dataclass
 class EvalStats:
     """Summed evaluation statistics over some clients; `merge` adds two in place.
+
+    For a language model every target token counts as one example.
 
     Attributes:
         loss_sum: Sum of per-example cross-entropy.
@@ -113,11 +171,13 @@ class EvalStats:
         self.label_counts = self.label_counts + other.label_counts
 
     def metrics(self) -> dict[str, float]:
-        """Accuracy, mean loss and the accuracy of always predicting the most common label."""
+        """Accuracy, mean loss, perplexity exp(mean loss), and the majority-label rate."""
         count = max(self.count, 1)
+        mean_loss = self.loss_sum / count
         return {
             "eval/accuracy": self.correct / count,
-            "eval/loss": self.loss_sum / count,
+            "eval/loss": mean_loss,
+            "eval/perplexity": math.exp(mean_loss) if mean_loss < 700 else math.inf,
             "eval/majority_class_rate": float(self.label_counts.max()) / count,
         }
 
@@ -125,16 +185,41 @@ class EvalStats:
 def evaluate(
     model: nn.Module, params: torch.Tensor, data: ClientData, num_classes: int
 ) -> EvalStats:
-    """Evaluates `params` on `data` (all of a set of clients' examples concatenated)."""
+    """Evaluates `params` on `data` with the full-softmax cross-entropy of the model's logits.
+
+    The model's `begin_client` hook sees `data` as one client: use `evaluate_clients` to
+    evaluate several clients of a model that rebuilds per-client state. Examples are evaluated
+    in slices, so that a large vocabulary's logits never take more than ~16 MB.
+    """
     assign_flat(model, params)
+    x, y = torch.from_numpy(data.x), torch.from_numpy(data.y)
+    begin_client(model, x, y)  # with gradients on: a reconstruction may train local state
+    eval_mask = getattr(model, "eval_mask", None)
+    if eval_mask is not None:  # e.g. Federated Reconstruction scores the query split only
+        keep = eval_mask(x)
+        x, y = x[keep], y[keep]
+    loss, correct = 0.0, 0
     with torch.no_grad():
-        logits = model(torch.from_numpy(data.x))
-        labels = torch.from_numpy(data.y)
-        loss = F.cross_entropy(logits, labels, reduction="sum")
-        correct = (logits.argmax(dim=1) == labels).sum()
+        per_row = max(1, int(np.prod(y.shape[1:])) * num_classes)
+        for rows in torch.arange(len(y)).split(max(1, _EVAL_LOGITS // per_row)):
+            logits = model(x[rows])
+            flat = logits.reshape(-1, logits.shape[-1])
+            labels = y[rows].reshape(-1)
+            loss += float(F.cross_entropy(flat, labels, reduction="sum"))
+            correct += int((flat.argmax(dim=1) == labels).sum())
     return EvalStats(
-        loss_sum=float(loss),
-        correct=int(correct),
-        count=len(data),
-        label_counts=np.bincount(data.y, minlength=num_classes).astype(np.int64),
+        loss_sum=loss,
+        correct=correct,
+        count=int(y.numel()),
+        label_counts=np.bincount(y.numpy().ravel(), minlength=num_classes).astype(np.int64),
     )
+
+
+def evaluate_clients(
+    model: nn.Module, params: torch.Tensor, clients: Sequence[ClientData], num_classes: int
+) -> EvalStats:
+    """Evaluates `params` on each client separately (each after `begin_client`), summed."""
+    total = EvalStats(0.0, 0, 0, np.zeros(num_classes, np.int64))
+    for data in clients:
+        total.merge(evaluate(model, params, data, num_classes))
+    return total

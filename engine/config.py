@@ -16,14 +16,22 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-from engine.aggregation import DenseAggregator
+from engine.aggregation import DenseAggregator, MoEAggregator, SparseAggregator
 from engine.availability import AlwaysAvailable, DiurnalAvailability, MarkovAvailability
 from engine.client import LocalTraining
 from engine.clock import RoundClock
-from engine.datasets import DigitsDirichlet, H5Population, LeafPopulation
+from engine.datasets import (
+    DigitsDirichlet,
+    H5Population,
+    LeafPopulation,
+    ShakespearePopulation,
+    ZipfTextPopulation,
+)
+from engine.datasets.ratings import RatingsPopulation
 from engine.devices import LognormalDevices
 from engine.fedscale import FedScaleAvailability, FedScaleDevices
-from engine.models import MLP, LogisticRegression
+from engine.models import MLP, LogisticRegression, MoETransformerLM, NextWordLM
+from engine.models.recommender import ReconstructionMF
 from engine.participation import CyclicParticipation, UniformParticipation
 from engine.population import SyntheticPopulation
 from engine.settings import Cluster, Evaluation, Privacy, Tracking
@@ -42,6 +50,9 @@ COMPONENTS: tuple[tuple[str, str, Callable[..., Any]], ...] = (
     ("population", "digits_dirichlet", DigitsDirichlet),
     ("population", "leaf", LeafPopulation),
     ("population", "tff_h5", H5Population),
+    ("population", "zipf_text", ZipfTextPopulation),
+    ("population", "shakespeare", ShakespearePopulation),
+    ("population", "ratings", RatingsPopulation),
     ("availability", "always", AlwaysAvailable),
     ("availability", "diurnal", DiurnalAvailability),
     ("availability", "markov", MarkovAvailability),
@@ -56,7 +67,12 @@ COMPONENTS: tuple[tuple[str, str, Callable[..., Any]], ...] = (
     ("devices", "fedscale", FedScaleDevices),
     ("model", "logreg", LogisticRegression),
     ("model", "mlp", MLP),
+    ("model", "lm", NextWordLM),
+    ("model", "moe_lm", MoETransformerLM),
+    ("model", "mf_recon", ReconstructionMF),
     ("aggregation", "dense", DenseAggregator),
+    ("aggregation", "sparse", SparseAggregator),
+    ("aggregation", "moe", MoEAggregator),
     ("strategy", "fedavg", FedAvg),
     ("strategy", "fedavgm", FedAvgM),
     ("strategy", "fedadam", FedAdam),

@@ -21,7 +21,12 @@ _REGISTRY_BLOCK = 1 << 16
 
 @dataclass(frozen=True)
 class ClientData:
-    """One client's examples: features `x` (float32, [n, ...]) and labels `y` (int64, [n])."""
+    """One client's examples.
+
+    Classifiers: features `x` (float32, [n, ...]) and labels `y` (int64, [n]). Language models:
+    token ids `x` (int64, [n, seq]) and next tokens `y` (int64, [n, seq]). Recommenders: item ids
+    `x` (int64, [n]) and rating levels `y` (int64, [n]).
+    """
 
     x: np.ndarray
     y: np.ndarray

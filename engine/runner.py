@@ -63,6 +63,7 @@ def run_experiment(
     started = start_ray(experiment.cluster)
     log_path = output_dir / "participation.parquet" if tracking.participation_log else None
     ledger = ParticipationLedger(experiment.population.num_clients, log_path)
+    sim: Simulation | None = None
     try:
         sim = Simulation(experiment, ledger)
         cold_start_s = time.perf_counter() - start
@@ -73,7 +74,7 @@ def run_experiment(
                 metrics: dict[str, Any] = {"round": round_idx, **sim.run_round(round_idx)}
                 if experiment.evaluation.due(round_idx, experiment.rounds):
                     final = sim.evaluate().metrics()
-                    metrics.update({k: final[k] for k in ("eval/accuracy", "eval/loss")})
+                    metrics.update({k: v for k, v in final.items() if "majority" not in k})
                     metrics.update(_privacy_spent(experiment, ledger, round_idx + 1))
                 rec.log(metrics)
                 history.append(metrics)
@@ -88,6 +89,8 @@ def run_experiment(
             return rec.finish(summary)
     finally:
         ledger.close()
+        if sim is not None:
+            sim.close()
         if started:
             ray.shutdown()
 
@@ -109,6 +112,7 @@ def _run_summary(
         "final/eval_accuracy": final["eval/accuracy"],
         "final/eval_loss": final["eval/loss"],
         "final/majority_class_rate": final["eval/majority_class_rate"],
+        "final/eval_perplexity": final.get("eval/perplexity"),
         "system/client_updates_per_s": updates / max(train_s, 1e-9),
         "system/sim_time_h": sim.scheduler.now_s / 3600.0,
         "model_sha256": sha256_of(np.ascontiguousarray(sim.weights()).tobytes()),

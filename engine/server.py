@@ -52,7 +52,13 @@ class ParameterServer:
     def apply(
         self, round_idx: int, *worker_partials: Sequence[Partial]
     ) -> tuple[np.ndarray, dict[str, float]]:
-        """Applies one round: reduce partials in the order given, privatize, average, step.
+        """Applies one round: reduce partials in the order given, densify, privatize, step.
+
+        Metrics: `system/upload_bytes` (what the partials carried); `train/loss` and the
+        total's own statistics (`Partial.metrics`: rows touched, expert load, router entropy).
+        Statistics of the clients' data are not released by a private run (noise multiplier
+        > 0): neither are those, nor a transport size that depends on the rows or experts
+        touched (sparse and MoE partials; a dense partial's size is public).
 
         Args:
             round_idx: The round being applied.
@@ -68,13 +74,17 @@ class ParameterServer:
             raise RuntimeError(f"round {round_idx}: updates clipped to another clip norm")
         total = self._aggregator.reduce(chunks, len(self._params))
         metrics = {"participation/clients_aggregated": float(total.num_clients)}
-        if self._mechanism.noise_multiplier == 0:  # clients' losses are not privatised
+        public = self._mechanism.noise_multiplier == 0  # clients' statistics are not privatised
+        if public or not any(chunk.size_is_data for chunk in chunks):
+            metrics["system/upload_bytes"] = float(sum(chunk.nbytes for chunk in chunks))
+        if public:
             metrics["train/loss"] = total.loss_sum / max(total.examples_seen, 1)
+            metrics.update(total.metrics())
         if self.clip_norm is not None:
             update = self._private_average(total, round_idx, self.clip_norm, metrics)
         elif total.num_clients > 0:
-            noisy = self._mechanism.privatize(torch.from_numpy(total.update_sum), round_idx)
-            update = noisy / total.weight_sum
+            noisy = self._mechanism.privatize(torch.from_numpy(total.dense_sum()), round_idx)
+            update = total.rescale(noisy / total.weight_sum, total.weight_sum)
         else:
             update = None
         if update is not None:
@@ -87,21 +97,26 @@ class ParameterServer:
     ) -> torch.Tensor:
         """Privatizes the clipped sum (and the clipping bits) and divides by the cohort size.
 
-        The mechanism sees the sum in units of the clip norm. With adaptive clipping the bit
-        sum rides along as one more coordinate, scaled so that its noise has standard deviation
+        The mechanism sees the whole sum, densified (every coordinate gets noise, touched by a
+        client or not), in units of the clip norm. With adaptive clipping the bit sum rides
+        along as one more coordinate, scaled so that its noise has standard deviation
         `count_noise_multiplier`, and everything is scaled by z / z_delta so that the updates
-        get noise multiplier z_delta (see `AdaptiveClipping`).
+        get noise multiplier z_delta (see `AdaptiveClipping`). Without noise, blocks with
+        their own weights (MoE experts) are re-divided by them; with noise, the public cohort
+        size divides everything.
         """
         z = self._mechanism.noise_multiplier
         z_delta = self._clipping.value_noise_multiplier(z) if z > 0 else 1.0
         scale = z / z_delta if z > 0 else 1.0
-        values = torch.from_numpy(total.update_sum) * (scale / clip_norm)  # float32, one pass
+        values = torch.from_numpy(total.dense_sum()) * (scale / clip_norm)  # float32, one pass
         count_scale = self._clipping.bit_noise_std
         if count_scale is not None:
             bits = torch.tensor([total.bit_sum * z_delta / count_scale * scale])
             values = torch.cat([values, bits])
         released = self._mechanism.privatize(values, round_idx)
         update = released[: len(self._params)].mul_(clip_norm / (scale * self._cohort_size))
+        if z == 0:
+            update = total.rescale(update, self._cohort_size)
         if count_scale is not None:
             noisy_bits = float(released[-1]) / scale * count_scale / z_delta
             unclipped = noisy_bits / self._cohort_size + 0.5

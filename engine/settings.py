@@ -42,19 +42,35 @@ class Cluster:
         chunk_size: Clients per chunk, the unit of work and of summation. None picks
             ceil(cohort / 16), at most 10,000. It never depends on `num_workers`, which is what
             makes results bit-identical across worker counts.
-        address: Ray cluster to join; None starts a local Ray instance.
+        address: Ray cluster to join ("auto" or host:port); None starts a local Ray instance.
+            With an address, the job's actors spread over the cluster's nodes.
         num_cpus: CPUs of the local Ray instance; None means all.
+        gpus_per_worker: GPU fraction of each client worker (0.25: four workers per GPU);
+            ignored (with a note) when the Ray cluster has no GPU.
+        server_gpu: Put the parameter server on a GPU.
+        reduce_per_node: Sum partials on each node before the server; None: only when the
+            workers span several nodes (on one node the server reduces chunk by chunk, which
+            keeps runs bit-identical across worker counts).
     """
 
     num_workers: int | None = None
     chunk_size: int | None = None
     address: str | None = None
     num_cpus: int | None = None
+    gpus_per_worker: float = 0.0
+    server_gpu: bool = False
+    reduce_per_node: bool | None = None
 
     def __post_init__(self) -> None:
         for key in ("num_workers", "chunk_size", "num_cpus"):
             value = getattr(self, key)
             require(value is None or value >= 1, key, f"must be >= 1 or null, got {value}")
+        gpus = self.gpus_per_worker
+        require(
+            gpus >= 0 and (gpus <= 1 or gpus == int(gpus)),
+            "gpus_per_worker",
+            f"must be a fraction in [0, 1] or a whole number, got {gpus}",
+        )
 
     def chunk_size_for(self, cohort_size: int) -> int:
         """Clients per chunk for a cohort of `cohort_size`."""

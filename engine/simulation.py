@@ -16,11 +16,13 @@ from typing import Any
 
 import numpy as np
 import ray
+from ray.util.placement_group import PlacementGroup, remove_placement_group
 
 from engine.client import EvalStats
 from engine.experiment import Experiment
 from engine.ledger import ParticipationLedger
 from engine.models import flatten, init_parameters
+from engine.placement import Resources, bundle_nodes, node_reducers
 from engine.population import ClientRegistry
 from engine.rng import Stream, generator
 from engine.schedule import Scheduler
@@ -117,20 +119,29 @@ class Simulation:
         self.num_params = len(initial)
         self.registry = exp.population.registry()
         self.scheduler = make_scheduler(exp, self.registry, initial.nbytes, ledger)
-        cpus = float(ray.cluster_resources().get("CPU", 1.0))
-        self.num_workers = exp.cluster.num_workers or max(1, int(cpus))
-        worker_actor: Any = ray.remote(
-            num_cpus=min(1.0, cpus / self.num_workers), max_restarts=-1, max_task_retries=-1
-        )(ClientWorker)
+        resources = Resources.of(exp.cluster)
+        self.num_workers = resources.num_workers
+        self._group: PlacementGroup | None = resources.reserve(exp.cluster.address is not None)
+        group = self._group
+        worker_actor: Any = ray.remote(max_restarts=-1, max_task_retries=-1)(ClientWorker)
         self._population = _shared(exp.population)  # held: restarted workers need it
         self._workers = [
-            worker_actor.remote(
+            worker_actor.options(**resources.worker_options(group, index)).remote(
                 self._population, exp.model_factory, exp.training, exp.aggregation, exp.seed
             )
-            for _ in range(self.num_workers)
+            for index in range(self.num_workers)
         ]
-        server_actor: Any = ray.remote(num_cpus=0)(ParameterServer)
-        self._server = server_actor.remote(*server_args(exp, initial))
+        server_actor: Any = ray.remote(ParameterServer)
+        self._server = server_actor.options(**resources.server_options(group)).remote(
+            *server_args(exp, initial)
+        )
+        nodes = bundle_nodes(group)[: self.num_workers]
+        per_node = exp.cluster.reduce_per_node
+        if per_node or (per_node is None and len(set(nodes)) > 1):
+            self._reducers: dict[str, Any] = node_reducers(nodes, exp.aggregation, len(initial))
+        else:
+            self._reducers = {}
+        self._worker_nodes = nodes
         self.clip_norm = exp.clipping.initial_norm
         self._weights = self._server.weights.remote()
         ray.get([self._weights, *[w.__ray_ready__.remote() for w in self._workers]])
@@ -146,11 +157,15 @@ class Simulation:
         plan = self.scheduler.plan(round_idx)
         cohort = plan.cohort
         work = assign(plan_chunks(exp, cohort), self.num_workers)
-        refs = [
-            worker.train.remote(self._weights, round_idx, chunks, self.clip_norm)
-            for worker, chunks in zip(self._workers, work, strict=True)
-            if chunks
-        ]
+        refs = self._reduced(
+            [
+                (node, worker.train.remote(self._weights, round_idx, chunks, self.clip_norm))
+                for worker, node, chunks in zip(
+                    self._workers, self._worker_nodes, work, strict=True
+                )
+                if chunks
+            ]
+        )
         self._weights, stats_ref = self._server.apply.options(num_returns=2).remote(
             round_idx, *refs
         )
@@ -169,6 +184,27 @@ class Simulation:
             }
         )
         return metrics
+
+    def _reduced(self, refs: list[tuple[str, Any]]) -> list[Any]:
+        """The workers' partials, summed per node first when there are node reducers."""
+        if not self._reducers:
+            return [ref for _, ref in refs]
+        by_node: dict[str, list[Any]] = {}
+        for node, ref in refs:
+            by_node.setdefault(node, []).append(ref)
+        return [self._reducers[node].reduce.remote(*group) for node, group in by_node.items()]
+
+    def close(self) -> None:
+        """Releases the job's placement group (its actors go with it); idempotent."""
+        if self._group is not None:
+            remove_placement_group(self._group)
+            self._group = None
+
+    def __enter__(self) -> Simulation:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def evaluate(self) -> EvalStats:
         """Evaluates the current weights on the held-out clients, split across the workers."""

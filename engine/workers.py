@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from engine.aggregation import Aggregator, Partial
-from engine.client import EvalStats, LocalTraining, evaluate, train_client
+from engine.client import EvalStats, LocalTraining, evaluate, evaluate_clients, train_client
+from engine.models.layout import ParameterLayout
 from engine.population import ClientData, Population
 from engine.rng import Stream, generator
 from mechanisms.clipping import clip_update
@@ -44,10 +45,12 @@ class ClientWorker:
         torch.set_num_threads(1)
         self._population = population
         self._model = model_factory()
+        self._layout = ParameterLayout.of(self._model)
         self._training = training
         self._aggregator = aggregator
         self._seed = seed
         self._eval_data: tuple[bytes, ClientData] | None = None
+        self._eval_parts: list[ClientData] = []
 
     def train(
         self,
@@ -58,13 +61,15 @@ class ClientWorker:
     ) -> list[Partial]:
         """Trains every client of every chunk; returns one partial per chunk, in order.
 
-        With a clip norm, each client's whole update is clipped to it before it is summed, and
-        every client gets weight 1 (a data-dependent weight would escape the clip norm).
+        With a clip norm, each client's whole update is clipped to it before it is summed (by
+        whichever aggregator), and every client gets weight 1 (a data-dependent weight would
+        escape the clip norm). Partials know the model's layout (its row-sparse and expert
+        blocks), built once from the model.
         """
         params = torch.tensor(weights)
         partials = []
         for chunk in chunks:
-            partial = self._aggregator.zeros(len(params))
+            partial = self._aggregator.zeros(len(params), self._layout)
             partial.clip_norm = clip_norm
             for client_id in chunk.tolist():
                 rng = generator(self._seed, Stream.CLIENT_TRAIN, round_idx, client_id)
@@ -87,5 +92,9 @@ class ClientWorker:
                 x=np.concatenate([p.x for p in parts]), y=np.concatenate([p.y for p in parts])
             )
             self._eval_data = (key, data)
+            self._eval_parts = parts
         params = torch.tensor(weights)
-        return evaluate(self._model, params, self._eval_data[1], self._population.num_classes)
+        classes = self._population.num_classes
+        if hasattr(self._model, "begin_client"):  # per-client local state: one client at a time
+            return evaluate_clients(self._model, params, self._eval_parts, classes)
+        return evaluate(self._model, params, self._eval_data[1], classes)

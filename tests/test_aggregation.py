@@ -4,12 +4,24 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.aggregation import DenseAggregator, Partial
+from engine.aggregation import (
+    Aggregator,
+    DenseAggregator,
+    MoEAggregator,
+    Partial,
+    SparseAggregator,
+)
 from engine.client import ClientUpdate
 from engine.errors import ConfigError
+from engine.models.layout import ParameterLayout
+from engine.server import ParameterServer
+from mechanisms.clipping import NoClipping
+from mechanisms.noiseless import NoNoise
+from strategies import FedAvg
 
 
 def _update(rng: np.random.Generator, dim: int, n: int | None = None) -> ClientUpdate:
@@ -156,3 +168,38 @@ def test_invalid_weighting_raises_config_error(weighting):
     with pytest.raises(ConfigError) as info:
         DenseAggregator(weighting=weighting)
     assert info.value.key == "weighting"
+
+
+def test_dense_partial_is_its_own_dense_sum_and_travels_whole():
+    partial = DenseAggregator().zeros(6, ParameterLayout.dense(6))
+    partial.add(ClientUpdate(np.arange(6, dtype=np.float32), 2, 0.0, 2), 2.0)
+    assert partial.dense_sum() is partial.update_sum
+    assert partial.nbytes == 6 * 4
+    assert partial.metrics() == {}
+    update = torch.ones(6)
+    assert partial.rescale(update, 3.0) is update
+    np.testing.assert_array_equal(update.numpy(), np.ones(6))
+    with pytest.raises(ValueError, match="layout"):
+        DenseAggregator().zeros(5, ParameterLayout.dense(6))
+
+
+@pytest.mark.parametrize(
+    "aggregator", [DenseAggregator(), SparseAggregator(), MoEAggregator()], ids=type
+)
+def test_every_aggregator_reduces_nothing_to_an_empty_total(aggregator):
+    total = aggregator.reduce([], 4)
+    np.testing.assert_array_equal(total.dense_sum(), np.zeros(4, np.float32))
+    assert (total.num_clients, total.weight_sum) == (0, 0.0)
+    assert isinstance(aggregator, Aggregator)
+
+
+def test_server_reports_the_upload_bytes_of_every_partial():
+    server = ParameterServer(
+        np.zeros(3, np.float32), FedAvg(), NoNoise(), DenseAggregator(), NoClipping(), 4
+    )
+    chunks = [DenseAggregator().zeros(3) for _ in range(3)]
+    for chunk in chunks:
+        chunk.add(ClientUpdate(np.ones(3, np.float32), 2, 1.0, 2), 2.0)
+    _, metrics = server.apply(0, chunks[:1], chunks[1:])
+    assert metrics["system/upload_bytes"] == 3 * 3 * 4
+    assert metrics["participation/clients_aggregated"] == 3

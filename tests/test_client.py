@@ -2,18 +2,37 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.client import ClientUpdate, EvalStats, LocalTraining, evaluate, train_client
+import engine.client as client_module
+from engine.client import (
+    ClientUpdate,
+    EvalStats,
+    LocalTraining,
+    evaluate,
+    evaluate_clients,
+    train_client,
+)
 from engine.errors import ConfigError
 from engine.models import MLP, LogisticRegression, flatten, init_parameters
 from engine.population import ClientData, SyntheticPopulation
 
 D, C = 12, 4
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    # Tiny recurrent steps: intra-op threads only contend (as the workers', which use one).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def _population() -> SyntheticPopulation:
@@ -225,7 +244,12 @@ def test_eval_stats_merge_and_metrics():
     np.testing.assert_array_equal(b.label_counts, b_counts)
     metrics = a.metrics()
     assert metrics == pytest.approx(
-        {"eval/accuracy": 9 / 16, "eval/loss": 4 / 16, "eval/majority_class_rate": 7 / 16}
+        {
+            "eval/accuracy": 9 / 16,
+            "eval/loss": 4 / 16,
+            "eval/perplexity": np.exp(4 / 16),
+            "eval/majority_class_rate": 7 / 16,
+        }
     )
 
 
@@ -238,7 +262,155 @@ def test_eval_stats_merge_does_not_alias_label_counts():
 
 def test_eval_stats_metrics_of_nothing_do_not_divide_by_zero():
     metrics = EvalStats(0.0, 0, 0, np.zeros(3, np.int64)).metrics()
-    assert metrics == {"eval/accuracy": 0.0, "eval/loss": 0.0, "eval/majority_class_rate": 0.0}
+    assert metrics == {
+        "eval/accuracy": 0.0,
+        "eval/loss": 0.0,
+        "eval/perplexity": 1.0,
+        "eval/majority_class_rate": 0.0,
+    }
+
+
+# -- sequence models and model hooks ----------------------------------------------------------
+
+V, L = 7, 5
+
+
+class _TinyLM(torch.nn.Module):
+    """Logits [n, seq, V] from an embedding and a bias: no hooks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embedding = torch.nn.Embedding(V, V)
+        self.bias = torch.nn.Parameter(torch.zeros(V))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.embedding(x) + self.bias
+
+
+class _HookedLM(_TinyLM):
+    """Records its hook calls; its training loss is twice the cross-entropy."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[str, int]] = []
+        self.batches = 0
+
+    def begin_client(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        assert torch.is_grad_enabled()
+        self.calls.append(("begin_client", len(x)))
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        self.batches += 1
+        self.calls.append(("loss", len(x)))
+        return 2 * torch.nn.functional.cross_entropy(self(x).reshape(-1, V), y.reshape(-1))
+
+    def round_stats(self) -> dict[str, np.ndarray]:
+        stats = {"batches": np.array(self.batches)}
+        self.batches = 0
+        self.calls.append(("round_stats", 0))
+        return stats
+
+
+def _sequences(n: int, seed: int = 0) -> ClientData:
+    tokens = np.random.default_rng(seed).integers(0, V, (n, L + 1))
+    return ClientData(x=tokens[:, :-1].copy(), y=tokens[:, 1:].copy())
+
+
+def test_sequence_logits_are_trained_per_token_by_default():
+    data = _sequences(6)
+    model = _TinyLM()
+    params = _params(model, 3)
+    lr = 0.7
+    update = train_client(model, params, data, LocalTraining(1, 100, lr), np.random.default_rng(0))
+    # Reference: the gradient of the token-mean cross-entropy, by autograd on a fresh copy.
+    reference = _TinyLM()
+    torch.nn.utils.vector_to_parameters(params.clone(), reference.parameters())
+    logits = reference(torch.from_numpy(data.x))
+    loss = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, V), torch.from_numpy(data.y).ravel()
+    )
+    grad = torch.cat([g.ravel() for g in torch.autograd.grad(loss, list(reference.parameters()))])
+    np.testing.assert_allclose(update.delta, -lr * grad.numpy(), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(update.loss_sum, loss.item() * len(data), rtol=1e-6)
+    assert update.num_examples == 6 and update.stats == {}
+
+
+def test_hooks_are_called_once_per_client_and_stats_are_returned():
+    data = _sequences(7)
+    model = _HookedLM()
+    params = _params(model)
+    model.batches = 99  # stale statistics from before this client are discarded
+    training = LocalTraining(epochs=2, batch_size=3, lr=0.1)
+    update = train_client(model, params, data, training, np.random.default_rng(1))
+    assert model.calls[0] == ("begin_client", 7)
+    assert model.calls[1] == ("round_stats", 0)
+    assert model.calls[2:-1] == [("loss", 3), ("loss", 3), ("loss", 1)] * 2
+    assert model.calls[-1] == ("round_stats", 0)
+    assert update.stats == {"batches": np.array(6)}
+    # The hook's loss is what is trained and reported: twice the plain cross-entropy, which
+    # trains like the plain one at twice the learning rate.
+    doubled = LocalTraining(epochs=2, batch_size=3, lr=0.2)
+    plain = train_client(_TinyLM(), params, data, doubled, np.random.default_rng(1))
+    np.testing.assert_allclose(update.loss_sum, 2 * plain.loss_sum, rtol=1e-5)
+    np.testing.assert_allclose(update.delta, plain.delta, rtol=1e-5, atol=1e-7)
+
+
+def test_evaluate_counts_tokens_and_reports_perplexity():
+    data = _sequences(4, seed=2)
+    model = _HookedLM()
+    params = _params(model, 1)
+    stats = evaluate(model, params, data, V)
+    assert model.calls == [("begin_client", 4)]  # evaluation never uses the loss hook
+    logits = _TinyLM()
+    torch.nn.utils.vector_to_parameters(params.clone(), logits.parameters())
+    with torch.no_grad():
+        flat = logits(torch.from_numpy(data.x)).reshape(-1, V)
+    labels = torch.from_numpy(data.y).ravel()
+    expected = torch.nn.functional.cross_entropy(flat, labels, reduction="sum")
+    assert stats.count == 4 * L
+    assert stats.correct == int((flat.argmax(1) == labels).sum())
+    np.testing.assert_allclose(stats.loss_sum, float(expected), rtol=1e-5)
+    np.testing.assert_array_equal(stats.label_counts, np.bincount(data.y.ravel(), minlength=V))
+    metrics = stats.metrics()
+    np.testing.assert_allclose(metrics["eval/perplexity"], np.exp(metrics["eval/loss"]))
+    # Uniform predictions: perplexity is the vocabulary size.
+    uniform = evaluate(_TinyLM(), torch.zeros_like(params), data, V).metrics()
+    np.testing.assert_allclose(uniform["eval/perplexity"], V, rtol=1e-5)
+
+
+def test_evaluate_in_slices_gives_the_same_stats(monkeypatch):
+    data = _sequences(9, seed=4)
+    model = _TinyLM()
+    params = _params(model, 2)
+    whole = evaluate(model, params, data, V)
+    monkeypatch.setattr(client_module, "_EVAL_LOGITS", 2 * L * V)  # two sequences per slice
+    sliced = evaluate(model, params, data, V)
+    assert (sliced.correct, sliced.count) == (whole.correct, whole.count)
+    np.testing.assert_allclose(sliced.loss_sum, whole.loss_sum, rtol=1e-6)
+
+
+def test_evaluate_clients_begins_each_client_and_sums():
+    parts = [_sequences(n, seed=n) for n in (2, 3, 1)]
+    model = _HookedLM()
+    params = _params(model, 5)
+    total = evaluate_clients(model, params, parts, V)
+    assert model.calls == [("begin_client", 2), ("begin_client", 3), ("begin_client", 1)]
+    pooled = evaluate(
+        _TinyLM(),
+        params,
+        ClientData(np.concatenate([p.x for p in parts]), np.concatenate([p.y for p in parts])),
+        V,
+    )
+    assert (total.correct, total.count) == (pooled.correct, pooled.count)
+    np.testing.assert_allclose(total.loss_sum, pooled.loss_sum, rtol=1e-6)
+    np.testing.assert_array_equal(total.label_counts, pooled.label_counts)
+
+
+def test_classifier_updates_carry_no_stats():
+    data = _population().client_data(1)
+    model = LogisticRegression(D, C)
+    update = train_client(model, _params(model), data, LocalTraining(), np.random.default_rng(0))
+    assert update.stats == {}
 
 
 # -- LocalTraining validation ------------------------------------------------------------------

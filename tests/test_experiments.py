@@ -17,7 +17,7 @@ from engine.runner import run_experiment
 from tests.conftest import compose_config
 
 # Options whose yaml leaves a required input (a data file) to the user: built in their own tests.
-NEEDS_A_FILE = {("population", "leaf"), ("population", "tff_h5")}
+NEEDS_A_FILE = {("population", "leaf"), ("population", "tff_h5"), ("population", "shakespeare")}
 GROUPS = (
     "population",
     "availability",

@@ -13,11 +13,20 @@ from scipy.optimize import minimize
 
 import engine.population as population_module
 from engine.datasets.digits import DigitsDirichlet
+from engine.datasets.ratings import RatingsPopulation
+from engine.datasets.text import ZipfTextPopulation
 from engine.errors import ConfigError
 from engine.population import ClientData, ClientRegistry, Population, SyntheticPopulation
 
 # Every Population implementation, built small. Add new ones here.
 POPULATIONS: list[tuple[str, Callable[[], Population]]] = [
+    (
+        "zipf-text",
+        lambda: ZipfTextPopulation(
+            num_clients=40, seed=3, vocab_size=500, seq_len=6, topic_vocab=50
+        ),
+    ),
+    ("ratings", lambda: RatingsPopulation(num_clients=30, num_items=100, seed=2)),
     ("synthetic", lambda: SyntheticPopulation(num_clients=40, seed=3)),
     (
         "synthetic-small",
@@ -59,9 +68,12 @@ def test_contract_client_data(make_population):
     for client in range(min(pop.num_clients, 10)):
         data = pop.client_data(client)
         assert isinstance(data, ClientData)
-        assert data.x.dtype == np.float32
         assert data.y.dtype == np.int64
-        assert data.y.ndim == 1
+        if data.x.dtype == np.int64 and data.x.ndim == 2:  # tokens [n, seq]; y: next tokens
+            assert data.y.shape == data.x.shape
+        else:
+            assert data.x.dtype in (np.float32, np.int64)
+            assert data.y.ndim == 1
         assert data.x.shape[0] == len(data) == len(data.y)
         assert len(data) == pop.num_examples(np.array([client]))[0]
         assert np.all(np.isfinite(data.x))

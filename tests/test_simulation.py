@@ -14,11 +14,11 @@ from tests.conftest import smoke_experiment
 
 def _train(*overrides: str, rounds: int = 3) -> tuple[np.ndarray, np.ndarray, EvalStats]:
     """Initial weights, weights after `rounds` rounds, and their evaluation."""
-    sim = Simulation(smoke_experiment(*overrides))
-    initial = sim.weights()
-    for round_idx in range(rounds):
-        sim.run_round(round_idx)
-    return initial, sim.weights(), sim.evaluate()
+    with Simulation(smoke_experiment(*overrides)) as sim:
+        initial = sim.weights()
+        for round_idx in range(rounds):
+            sim.run_round(round_idx)
+        return initial, sim.weights(), sim.evaluate()
 
 
 @given(
@@ -57,12 +57,41 @@ def test_bit_identical_weights_and_evaluation_for_1_2_and_4_workers():
 
 @pytest.mark.usefixtures("ray_session")
 def test_round_metrics_and_learning():
-    sim = Simulation(smoke_experiment("participation.cohort_size=30", "eval.num_clients=300"))
-    before = sim.evaluate().metrics()
-    rounds = [sim.run_round(r) for r in range(30)]
-    after = sim.evaluate().metrics()
+    with Simulation(
+        smoke_experiment("participation.cohort_size=30", "eval.num_clients=300")
+    ) as sim:
+        before = sim.evaluate().metrics()
+        rounds = [sim.run_round(r) for r in range(30)]
+        after = sim.evaluate().metrics()
     assert all(m["participation/reported"] == 30 for m in rounds)
     assert all(m["participation/clients_aggregated"] == 30 for m in rounds)
     assert all(m["system/round_s"] > 0 and m["train/loss"] > 0 for m in rounds)
     assert after["eval/loss"] < before["eval/loss"]
     assert after["eval/accuracy"] > after["eval/majority_class_rate"] + 0.1
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_per_node_reduction_sums_the_same_updates():
+    # One node here: forcing per-node reducers still aggregates every client exactly once,
+    # and the weights agree with server-side reduction to float tolerance.
+    cohort = ("participation.cohort_size=37", "cluster.chunk_size=5", "cluster.num_workers=2")
+    _, direct, _ = _train(*cohort)
+    _, reduced, _ = _train(*cohort, "cluster.reduce_per_node=true")
+    np.testing.assert_allclose(reduced, direct, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_gpu_requests_fall_back_to_the_cpu_without_gpus(capfd):
+    _, final, _ = _train("cluster.gpus_per_worker=0.25", "cluster.server_gpu=true", rounds=1)
+    assert np.all(np.isfinite(final))
+    assert "no GPU in the Ray cluster" in capfd.readouterr().err
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_placement_groups_are_released():
+    from ray.util.placement_group import placement_group_table
+
+    for _ in range(3):  # would deadlock on the 2 CPUs if groups leaked
+        _train("cluster.num_workers=2", rounds=1)
+    states = [g["state"] for g in placement_group_table().values()]
+    assert states.count("CREATED") == 0

@@ -8,6 +8,8 @@ from engine.datasets.arrays import ArrayPopulation, FederatedArrays, Partition
 from engine.datasets.digits import DigitsDirichlet
 from engine.datasets.leaf import LeafPopulation, read_leaf
 from engine.datasets.partition import dirichlet_partition, iid_partition, split_clients
+from engine.datasets.shakespeare import ShakespearePopulation, read_shakespeare
+from engine.datasets.text import ZipfTextPopulation
 from engine.datasets.tff_h5 import H5Population, read_h5
 
 __all__ = [
@@ -17,9 +19,12 @@ __all__ = [
     "H5Population",
     "LeafPopulation",
     "Partition",
+    "ShakespearePopulation",
+    "ZipfTextPopulation",
     "dirichlet_partition",
     "iid_partition",
     "read_h5",
     "read_leaf",
+    "read_shakespeare",
     "split_clients",
 ]
