@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 export WANDB_SILENT := true
 
-.PHONY: run test lint bench bench-population bench-privacy clean
+.PHONY: run test lint bench bench-population bench-privacy bench-aggregation clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -31,6 +31,9 @@ bench: $(STAMP)  ## Per-round overhead of fedray above a plain torch loop (JSON 
 
 bench-privacy: $(STAMP)  ## Noise time per round and memory of every mechanism; sensitivity and optimiser times.
 	$(BIN)/python scripts/bench_privacy.py $(ARGS)
+
+bench-aggregation: $(STAMP)  ## Bytes per round and server time: dense vs sparse (LM) and dense vs moe.
+	$(BIN)/python scripts/bench_aggregation.py $(ARGS)
 
 bench-population: $(STAMP)  ## Driver bytes per client and ms per round of availability + selection at 1M and 10M.
 	$(BIN)/python scripts/bench_population.py $(ARGS)

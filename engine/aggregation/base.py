@@ -161,12 +161,12 @@ def checked_layout(dim: int, layout: ParameterLayout | None) -> ParameterLayout:
 
 
 @dataclass(frozen=True)
-class DenseAggregator(Aggregator):
-    """Dense sum of flat updates (FedAvg).
+class WeightedAggregator(Aggregator):
+    """The client weighting every aggregator shares.
 
     Attributes:
         weighting: "examples" weights each client by its example count (McMahan et al. 2017);
-            "uniform" weights every client 1.
+            "uniform" weights every client 1 (required with clipping).
     """
 
     weighting: str = "examples"
@@ -177,6 +177,18 @@ class DenseAggregator(Aggregator):
     def client_weight(self, update: ClientUpdate) -> float:
         """Example count or 1."""
         return float(update.num_examples) if self.weighting == "examples" else 1.0
+
+
+@dataclass(frozen=True)
+class DenseAggregator(WeightedAggregator):
+    """Dense sum of flat updates (FedAvg).
+
+    Attributes:
+        weighting: "examples" weights each client by its example count (McMahan et al. 2017);
+            "uniform" weights every client 1.
+    """
+
+    weighting: str = "examples"
 
     def zeros(self, dim: int, layout: ParameterLayout | None = None) -> Partial:
         """A zero float32 partial (the layout is only checked: a dense sum needs none)."""

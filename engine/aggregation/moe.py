@@ -16,16 +16,14 @@ import numpy as np
 import torch
 
 from engine.aggregation.base import (
-    WEIGHTINGS,
-    Aggregator,
     Partial,
+    WeightedAggregator,
     checked_layout,
     gather,
     scatter,
     span_size,
 )
 from engine.client import ClientUpdate
-from engine.errors import require
 from engine.models.layout import ParameterLayout
 
 
@@ -152,7 +150,7 @@ class MoEPartial(Partial):
 
 
 @dataclass(frozen=True)
-class MoEAggregator(Aggregator):
+class MoEAggregator(WeightedAggregator):
     """Per-expert sums and weights for mixtures of experts.
 
     Non-expert parameters are averaged as in FedAvg. Each expert block is averaged by its own
@@ -167,13 +165,6 @@ class MoEAggregator(Aggregator):
     """
 
     weighting: str = "uniform"
-
-    def __post_init__(self) -> None:
-        require(self.weighting in WEIGHTINGS, "weighting", f"must be one of {WEIGHTINGS}")
-
-    def client_weight(self, update: ClientUpdate) -> float:
-        """1 or the example count."""
-        return float(update.num_examples) if self.weighting == "examples" else 1.0
 
     def zeros(self, dim: int, layout: ParameterLayout | None = None) -> MoEPartial:
         """An empty MoE partial: a zero non-expert sum, no expert sums, zero weights."""

@@ -14,16 +14,14 @@ from typing import ClassVar
 import numpy as np
 
 from engine.aggregation.base import (
-    WEIGHTINGS,
-    Aggregator,
     Partial,
+    WeightedAggregator,
     checked_layout,
     gather,
     scatter,
     span_size,
 )
 from engine.client import ClientUpdate
-from engine.errors import require
 from engine.models.layout import ParameterLayout
 
 
@@ -120,7 +118,7 @@ class SparsePartial(Partial):
 
 
 @dataclass(frozen=True)
-class SparseAggregator(Aggregator):
+class SparseAggregator(WeightedAggregator):
     """Weighted sums whose row-sparse parameters travel as touched rows only.
 
     A client touches row j of a row-sparse parameter when its delta on that row is nonzero.
@@ -133,13 +131,6 @@ class SparseAggregator(Aggregator):
     """
 
     weighting: str = "examples"
-
-    def __post_init__(self) -> None:
-        require(self.weighting in WEIGHTINGS, "weighting", f"must be one of {WEIGHTINGS}")
-
-    def client_weight(self, update: ClientUpdate) -> float:
-        """Example count or 1."""
-        return float(update.num_examples) if self.weighting == "examples" else 1.0
 
     def zeros(self, dim: int, layout: ParameterLayout | None = None) -> SparsePartial:
         """An empty sparse partial: a zero dense part and no rows in any block."""
