@@ -119,9 +119,11 @@ def train_client(
         training: Local SGD settings.
         rng: The client's stream for this round: it decides the shuffling.
     """
+    device = next(model.parameters()).device  # a worker with a GPU keeps its model there
+    params = params.to(device)
     assign_flat(model, params)
     weights: list[torch.Tensor] = list(model.parameters())
-    x, y = torch.from_numpy(data.x), torch.from_numpy(data.y)
+    x, y = torch.from_numpy(data.x).to(device), torch.from_numpy(data.y).to(device)
     begin_client(model, x, y)
     round_stats(model)  # discards what earlier calls (e.g. an evaluation) accumulated
     loss_sum = 0.0
@@ -137,7 +139,7 @@ def train_client(
     with torch.no_grad():
         delta = nn.utils.parameters_to_vector(weights) - params
     return ClientUpdate(
-        delta=delta.numpy(),
+        delta=delta.cpu().numpy(),
         num_examples=len(data),
         loss_sum=loss_sum,
         examples_seen=training.epochs * len(data),
@@ -191,8 +193,9 @@ def evaluate(
     evaluate several clients of a model that rebuilds per-client state. Examples are evaluated
     in slices, so that a large vocabulary's logits never take more than ~16 MB.
     """
-    assign_flat(model, params)
-    x, y = torch.from_numpy(data.x), torch.from_numpy(data.y)
+    device = next(model.parameters()).device
+    assign_flat(model, params.to(device))
+    x, y = torch.from_numpy(data.x).to(device), torch.from_numpy(data.y).to(device)
     begin_client(model, x, y)  # with gradients on: a reconstruction may train local state
     eval_mask = getattr(model, "eval_mask", None)
     if eval_mask is not None:  # e.g. Federated Reconstruction scores the query split only
@@ -211,7 +214,7 @@ def evaluate(
         loss_sum=loss,
         correct=correct,
         count=int(y.numel()),
-        label_counts=np.bincount(y.numpy().ravel(), minlength=num_classes).astype(np.int64),
+        label_counts=np.bincount(y.cpu().numpy().ravel(), minlength=num_classes).astype(np.int64),
     )
 
 

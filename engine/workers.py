@@ -12,6 +12,7 @@ import dataclasses
 from collections.abc import Callable, Sequence
 
 import numpy as np
+import ray
 import torch
 from torch import nn
 
@@ -21,6 +22,12 @@ from engine.models.layout import ParameterLayout
 from engine.population import ClientData, Population
 from engine.rng import Stream, generator
 from mechanisms.clipping import clip_update
+
+
+def _device() -> torch.device:
+    """This actor's GPU when Ray gave it one, else the CPU."""
+    gpu = torch.cuda.is_available() and bool(ray.get_gpu_ids()) if ray.is_initialized() else False
+    return torch.device("cuda" if gpu else "cpu")
 
 
 class ClientWorker:
@@ -44,7 +51,9 @@ class ClientWorker:
     ) -> None:
         torch.set_num_threads(1)
         self._population = population
-        self._model = model_factory()
+        # Ray sets CUDA_VISIBLE_DEVICES to this actor's GPU (fraction): move the model there
+        # once and keep it; without a GPU everything stays on the CPU.
+        self._model = model_factory().to(_device())
         self._layout = ParameterLayout.of(self._model)
         self._training = training
         self._aggregator = aggregator
