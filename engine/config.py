@@ -29,12 +29,13 @@ from engine.datasets import (
 )
 from engine.datasets.ratings import RatingsPopulation
 from engine.devices import LognormalDevices
+from engine.faults import Faults
 from engine.fedscale import FedScaleAvailability, FedScaleDevices
 from engine.models import MLP, LogisticRegression, MoETransformerLM, NextWordLM
 from engine.models.recommender import ReconstructionMF
 from engine.participation import CyclicParticipation, UniformParticipation
 from engine.population import SyntheticPopulation
-from engine.settings import Cluster, Evaluation, Privacy, Tracking
+from engine.settings import Checkpointing, Cluster, Evaluation, Privacy, Tracking
 from engine.traces import IntervalTraceAvailability
 from mechanisms.banded import BandedMechanism
 from mechanisms.blt import BltMechanism
@@ -141,6 +142,9 @@ class Config:
     cluster: Any = dataclasses.field(default_factory=schema_of(Cluster, with_target=False))
     tracking: Any = dataclasses.field(default_factory=schema_of(Tracking, with_target=False))
     privacy: Any = dataclasses.field(default_factory=schema_of(Privacy, with_target=False))
+    checkpoint: Any = dataclasses.field(default_factory=schema_of(Checkpointing, with_target=False))
+    faults: Any = dataclasses.field(default_factory=schema_of(Faults, with_target=False))
+    resume: str | None = None
 
 
 def register_configs() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import hydra
@@ -20,10 +20,11 @@ from engine.client import LocalTraining
 from engine.clock import RoundClock
 from engine.devices import DeviceProfiles
 from engine.errors import ConfigError, require
+from engine.faults import Faults
 from engine.participation import ParticipationBound, ParticipationPolicy
 from engine.population import Population
 from engine.rng import require_seed
-from engine.settings import Cluster, Evaluation, Privacy, Tracking
+from engine.settings import Checkpointing, Cluster, Evaluation, Privacy, Tracking
 from mechanisms.accounting import noise_for_epsilon, planned, resolved_participations
 from mechanisms.base import Mechanism
 from mechanisms.clipping import Clipping
@@ -54,6 +55,8 @@ class Experiment:
         privacy: Privacy target and delta.
         evaluation: Held-out evaluation schedule.
         cluster: Ray workers and chunking.
+        checkpoint: When the run's state is saved.
+        faults: Injected faults (none by default).
     """
 
     name: str
@@ -73,6 +76,8 @@ class Experiment:
     privacy: Privacy
     evaluation: Evaluation
     cluster: Cluster
+    checkpoint: Checkpointing = field(default_factory=Checkpointing)
+    faults: Faults = field(default_factory=Faults)
 
 
 def _checked(key: str, build: Callable[[], T]) -> T:
@@ -143,6 +148,8 @@ def build_experiment(cfg: DictConfig) -> tuple[Experiment, Tracking]:
         privacy=_section(cfg, "privacy", Privacy),
         evaluation=_section(cfg, "eval", Evaluation),
         cluster=_section(cfg, "cluster", Cluster),
+        checkpoint=_section(cfg, "checkpoint", Checkpointing),
+        faults=_section(cfg, "faults", Faults),
     )
     _check_consistent(experiment)
     _check_private(experiment)

@@ -51,7 +51,8 @@ class ParticipationLedger:
 
     Args:
         num_clients: Population size N.
-        log_path: Where to append (round, client_id) rows as Parquet; None keeps no log.
+        log_path: Directory of Parquet part files to append (round, client_id) rows to; None
+            keeps no log.
     """
 
     def __init__(self, num_clients: int, log_path: Path | None = None) -> None:
@@ -123,23 +124,61 @@ class ParticipationLedger:
         b_holds = seen.min_separation is None or seen.min_separation >= min_separation
         return k_holds and b_holds
 
+    def state_dict(self) -> dict[str, Any]:
+        """Copies of the counters and start times, and how many log parts they cover.
+
+        Completes the log's current part file first, so the state names only complete parts.
+        """
+        return {
+            "count": self.count.copy(),
+            "last_round": self.last_round.copy(),
+            "min_gap": self.min_gap.copy(),
+            "starts": self._starts[: self._rounds].copy(),
+            "log_parts": self._log.sync() if self._log is not None else None,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continues from `state_dict()`: later log parts (a killed run's) are deleted.
+
+        Raises:
+            ValueError: If the state is of another population size.
+        """
+        if len(state["count"]) != len(self.count):
+            raise ValueError(
+                f"state has {len(state['count'])} clients, the ledger {len(self.count)}"
+            )
+        self.count = np.array(state["count"], dtype=np.int32)
+        self.last_round = np.array(state["last_round"], dtype=np.int32)
+        self.min_gap = np.array(state["min_gap"], dtype=np.int32)
+        self._rounds = len(state["starts"])
+        self._starts = np.full(max(64, 2 * self._rounds), -np.inf, dtype=np.float64)
+        self._starts[: self._rounds] = state["starts"]
+        if self._log is not None:
+            self._log.truncate(state["log_parts"] or 0)
+
     def close(self) -> None:
         """Flushes and closes the Parquet log (idempotent)."""
         if self._log is not None:
-            self._log.close()
+            self._log.sync()
             self._log = None
 
 
 class _ParquetLog:
-    """Append-only (round, client_id) rows, buffered into row groups of 64k rows."""
+    """Append-only (round, client_id) rows: a directory of Parquet part files, in order.
+
+    Rows are buffered into row groups of 64k rows. `sync` completes the current part file, so
+    that a checkpoint can name how many parts it covers; a part being written when the process
+    was killed is unreadable, and a resumed run deletes it (see `ParticipationLedger`).
+    """
 
     def __init__(self, path: Path) -> None:
         import pyarrow as pa  # Imported here: only runs that keep a log need it.
-        import pyarrow.parquet as pq
 
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.parts = 0  # complete part files
         self._schema = pa.schema([("round", pa.int32()), ("client_id", pa.int64())])
-        self._writer = pq.ParquetWriter(str(path), self._schema)
+        self._writer: Any = None
         self._rounds: list[np.ndarray] = []
         self._ids: list[np.ndarray] = []
         self._rows = 0
@@ -153,20 +192,44 @@ class _ParquetLog:
 
     def _flush(self) -> None:
         import pyarrow as pa
+        import pyarrow.parquet as pq
 
         if self._rows:
+            if self._writer is None:
+                part = self.path / f"part-{self.parts:05d}.parquet"
+                self._writer = pq.ParquetWriter(str(part), self._schema)
             columns = [np.concatenate(self._rounds), np.concatenate(self._ids)]
             self._writer.write_table(pa.Table.from_arrays(columns, schema=self._schema))
         self._rounds, self._ids, self._rows = [], [], 0
 
-    def close(self) -> None:
+    def sync(self) -> int:
+        """Writes the buffered rows and completes the part file; returns the complete parts."""
         self._flush()
-        self._writer.close()
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+            self.parts += 1
+        return self.parts
+
+    def truncate(self, parts: int) -> None:
+        """Keeps the first `parts` part files and deletes the others (nothing is buffered)."""
+        for extra in sorted(self.path.glob("part-*.parquet"))[parts:]:
+            extra.unlink()
+        self.parts = parts
 
 
 def read_log(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Reads a ledger's Parquet log: (rounds int32, client ids int64), in commit order."""
+    """Reads a ledger's Parquet log: (rounds int32, client ids int64), in commit order.
+
+    Args:
+        path: The log's directory of part files (or one Parquet file).
+    """
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pq.read_table(str(path))
+    files = sorted(path.glob("part-*.parquet")) if path.is_dir() else [path]
+    schema = pa.schema([("round", pa.int32()), ("client_id", pa.int64())])
+    table = (
+        pa.concat_tables([pq.read_table(str(f)) for f in files]) if files else schema.empty_table()
+    )
     return table["round"].to_numpy(), table["client_id"].to_numpy()

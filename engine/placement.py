@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import ray
+import torch
 from ray.util.placement_group import PlacementGroup, placement_group, placement_group_table
 from ray.util.scheduling_strategies import (
     NodeAffinitySchedulingStrategy,
@@ -24,6 +25,12 @@ from engine.aggregation import Aggregator, Partial
 from engine.settings import Cluster
 
 _SERVER_CPUS = 0.01  # the server's bundle: it mostly waits on its inputs
+
+
+def assigned_device() -> torch.device:
+    """The GPU Ray gave this actor (it sets CUDA_VISIBLE_DEVICES to it), else the CPU."""
+    gpu = ray.is_initialized() and bool(ray.get_gpu_ids()) and torch.cuda.is_available()
+    return torch.device("cuda" if gpu else "cpu")
 
 
 @dataclass(frozen=True)

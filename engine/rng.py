@@ -30,6 +30,7 @@ class Stream(IntEnum):
     DROPOUT = 8
     PARTITION = 9
     NOISE = 10
+    FAULTS = 11
 
 
 MAX_SEED = 2**32 - 1

@@ -6,21 +6,26 @@ key, a wrong type or an invalid value fails in one line naming the key.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
+import warnings
 from pathlib import Path
+from typing import Any
 
 import hydra
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException, MissingConfigException
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from engine.checkpoint import FILE_NAME, Checkpoint, differences, load, run_defining
 from engine.config import register_configs
 from engine.errors import ConfigError
 from engine.experiment import as_dict, build_experiment
-from engine.runner import run_experiment, sha256_of
+from engine.runner import RunStoppedError, run_experiment, sha256_of
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
 _MULTIRUN_FLAGS = ("-m", "--multirun")
@@ -74,31 +79,106 @@ def check_command_line(args: list[str]) -> None:
     build_experiment(cfg)
 
 
+def with_resume(args: list[str]) -> list[str]:
+    """The command line of `fedray resume=DIR ...`: DIR's own overrides, then these, into DIR.
+
+    A resumed run keeps its config: an override that contradicts one DIR was run with is an
+    error. New ones (tracking, cluster) are kept; any other change is caught when the config is
+    compared with the checkpoint's.
+
+    Raises:
+        ConfigError: Under `resume`, if DIR is not a fedray output directory or an override
+            contradicts DIR's.
+    """
+    given = [arg for arg in args if arg.startswith("resume=")]
+    if not given:
+        return args
+    directory = Path(given[-1].partition("=")[2])
+    saved_path = directory / ".hydra" / "overrides.yaml"
+    if not saved_path.is_file():
+        raise ConfigError("resume", f"{directory}: not a fedray output directory (no {saved_path})")
+    saved = [str(o) for o in OmegaConf.load(saved_path) if not str(o).startswith("resume=")]
+    saved_by_key = {override.partition("=")[0]: override for override in saved}
+    extra = []
+    for arg in args:
+        key = arg.partition("=")[0]
+        if arg in _MULTIRUN_FLAGS or key == "resume" or saved_by_key.get(key) == arg:
+            continue
+        if key in saved_by_key:
+            raise ConfigError(
+                "resume", f"{directory} was run with {saved_by_key[key]}; it cannot resume as {arg}"
+            )
+        extra.append(arg)
+    return [*saved, *extra, f"resume={directory}", f"hydra.run.dir={directory}"]
+
+
 def main() -> None:
     """Entry point of the `fedray` console script."""
+    # conf/hydra/launcher/ray.yaml sets defaults of hydra-ray-launcher's schema of that name.
+    warnings.filterwarnings("ignore", message=r"(?s).*validated against ConfigStore schema")
     register_configs()
     args = sys.argv[1:]
     if all(a in _MULTIRUN_FLAGS or not a.startswith("-") for a in args):
         try:
+            args = with_resume(args)
             check_command_line(args)
         except ConfigError as err:
             raise SystemExit(f"fedray: error: {err}") from None
+        sys.argv[1:] = args
     _app()
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
 def _app(cfg: DictConfig) -> None:
-    output_dir = Path(HydraConfig.get().runtime.output_dir)
+    hydra_cfg = HydraConfig.get()
+    output_dir = Path(hydra_cfg.runtime.output_dir)
     try:
         experiment, tracking = build_experiment(cfg)
+        config = as_dict(cfg)
+        checkpoint = _checkpoint_to_resume(cfg.resume, config)
     except ConfigError as err:
         raise SystemExit(f"fedray: error: {err}") from None
-    config = as_dict(cfg)
-    config_yaml = OmegaConf.to_yaml(cfg, resolve=True, sort_keys=True)
-    summary = run_experiment(
-        experiment, tracking, output_dir, config, sha256_of(config_yaml.encode())
-    )
+    tags: list[str] = []
+    if hydra_cfg.mode == RunMode.MULTIRUN:  # one wandb group per sweep, tagged by overrides
+        sweep = f"{experiment.name}-{Path(hydra_cfg.sweep.dir).name}"
+        tracking = dataclasses.replace(tracking, group=tracking.group or sweep)
+        tags = [override[:64] for override in hydra_cfg.overrides.task]
+    defining = OmegaConf.to_yaml(OmegaConf.create(run_defining(config)), sort_keys=True)
+    try:
+        summary = run_experiment(
+            experiment,
+            tracking,
+            output_dir,
+            config,
+            sha256_of(defining.encode()),
+            resume=checkpoint,
+            tags=tags,
+        )
+    except RunStoppedError as err:
+        raise SystemExit(f"fedray: error: {err}") from None
     print(summary, flush=True)
+
+
+def _checkpoint_to_resume(resume: str | None, config: dict[str, Any]) -> Checkpoint | None:
+    """The checkpoint of `resume=DIR`, checked against the config; None without `resume`.
+
+    Raises:
+        ConfigError: Under `resume`, if DIR has no readable checkpoint or it is of a different
+            config (naming the keys that differ).
+    """
+    if resume is None:
+        return None
+    try:
+        checkpoint = load(Path(resume))
+    except ValueError as error:
+        raise ConfigError("resume", str(error)) from None
+    if checkpoint is None:
+        raise ConfigError("resume", f"{resume}: no {FILE_NAME} (checkpoint.every=0, or too early)")
+    changed = differences(checkpoint.config, run_defining(config))
+    if changed:
+        keys = ", ".join(changed[:5]) + (", ..." if len(changed) > 5 else "")
+        raise ConfigError("resume", f"{resume} is a run of a different config ({keys} differ)")
+    return checkpoint
 
 
 if __name__ == "__main__":

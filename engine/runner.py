@@ -6,17 +6,19 @@ import hashlib
 import logging
 import resource
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import ray
 
+from engine.checkpoint import FILE_NAME, Checkpoint, load, run_defining, save
 from engine.experiment import Experiment
 from engine.ledger import ParticipationLedger
 from engine.plots import availability_over_time, participation_histogram
 from engine.settings import Cluster, Tracking
-from engine.simulation import Simulation
+from engine.simulation import ServerDiedError, Simulation
 from engine.tracking import RunTracker
 from mechanisms.accounting import planned, spent
 
@@ -47,17 +49,35 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+class RunStoppedError(RuntimeError):
+    """The run cannot go on (its server died); the message says how to resume it."""
+
+
 def run_experiment(
     experiment: Experiment,
     tracking: Tracking,
     output_dir: Path,
     config: dict[str, Any],
     config_sha256: str,
+    resume: Checkpoint | None = None,
+    tags: Sequence[str] = (),
 ) -> Path:
-    """Runs every round of `experiment`, writing metrics, figures and the summary.
+    """Runs every round of `experiment`, writing metrics, figures, checkpoints and the summary.
+
+    Args:
+        experiment: The validated experiment.
+        tracking: Where metrics go.
+        output_dir: The run's output directory.
+        config: The resolved config (stored with the wandb run).
+        config_sha256: Its hash, stored in checkpoints and the summary.
+        resume: A checkpoint of this run (in `output_dir`) to continue from.
+        tags: wandb tags of the run.
 
     Returns:
         The path of summary.json.
+
+    Raises:
+        RunStoppedError: If the parameter server died; names the last checkpoint.
     """
     start = time.perf_counter()
     started = start_ray(experiment.cluster)
@@ -66,22 +86,43 @@ def run_experiment(
     sim: Simulation | None = None
     try:
         sim = Simulation(experiment, ledger)
+        first, history, final = 0, [], {}
+        if resume is not None:
+            sim.load_state_dict({"server": resume.server, "scheduler": resume.scheduler})
+            first, history, final = resume.rounds_done, list(resume.history), dict(resume.final)
         cold_start_s = time.perf_counter() - start
-        with RunTracker(output_dir, tracking, experiment.name, config, experiment.rounds) as rec:
-            history: list[dict[str, Any]] = []
-            final: dict[str, float] = {}
-            for round_idx in range(experiment.rounds):
-                metrics: dict[str, Any] = {"round": round_idx, **sim.run_round(round_idx)}
-                if experiment.evaluation.due(round_idx, experiment.rounds):
-                    final = sim.evaluate().metrics()
-                    metrics.update({k: v for k, v in final.items() if "majority" not in k})
-                    metrics.update(_privacy_spent(experiment, ledger, round_idx + 1))
-                rec.log(metrics)
+        tracker_state = resume.tracker if resume is not None else None
+        with RunTracker(
+            output_dir,
+            tracking,
+            experiment.name,
+            config,
+            experiment.rounds,
+            first,
+            tracker_state,
+            tags,
+        ) as rec:
+            for round_idx in range(first, experiment.rounds):
+                metrics = _round(experiment, sim, ledger, round_idx, output_dir)
+                if "eval/loss" in metrics:
+                    final = {k: v for k, v in metrics.items() if k.startswith("eval/")}
+                rec.log({k: v for k, v in metrics.items() if "majority" not in k})
                 history.append(metrics)
+                if experiment.checkpoint.due(round_idx, experiment.rounds):
+                    state = sim.state_dict()
+                    checkpoint = Checkpoint(
+                        round_idx + 1,
+                        run_defining(config),
+                        **state,
+                        history=history,
+                        final=final,
+                        tracker=rec.state_dict(),
+                    )
+                    save(checkpoint, output_dir)
             rec.log_images(experiment.rounds - 1, _figures(output_dir, ledger, history))
             summary = {
                 **_run_summary(experiment, sim, history, final),
-                **_privacy_summary(experiment, history),
+                **_privacy_summary(experiment, ledger),
                 "system/total_s": time.perf_counter() - start,
                 "system/cold_start_s": cold_start_s,
                 "config_sha256": config_sha256,
@@ -93,6 +134,43 @@ def run_experiment(
             sim.close()
         if started:
             ray.shutdown()
+
+
+def _round(
+    experiment: Experiment,
+    sim: Simulation,
+    ledger: ParticipationLedger,
+    round_idx: int,
+    output_dir: Path,
+) -> dict[str, Any]:
+    """Runs round `round_idx` (and its evaluation, when due); returns its metrics.
+
+    Raises:
+        RunStoppedError: If the parameter server died, naming the checkpoint to resume from.
+    """
+    try:
+        metrics: dict[str, Any] = {"round": round_idx, **sim.run_round(round_idx)}
+        if experiment.evaluation.due(round_idx, experiment.rounds):
+            metrics.update(sim.evaluate().metrics())
+    except ServerDiedError as error:
+        raise RunStoppedError(f"{error}; {_resume_hint(output_dir)}") from error
+    if "eval/loss" in metrics:
+        metrics.update(_privacy_spent(experiment, ledger, round_idx + 1))
+    return metrics
+
+
+def _resume_hint(output_dir: Path) -> str:
+    """How to go on after a crash: the last checkpoint, or that there is none."""
+    try:
+        checkpoint = load(output_dir)
+    except ValueError:
+        checkpoint = None
+    if checkpoint is None:
+        return f"no checkpoint in {output_dir} (checkpoint.every=0 or too early): start again"
+    return (
+        f"the last checkpoint, {output_dir / FILE_NAME}, is after round "
+        f"{checkpoint.rounds_done - 1}; resume with: fedray resume={output_dir}"
+    )
 
 
 def _run_summary(
@@ -140,12 +218,16 @@ def _privacy_spent(
     ).metrics()
 
 
-def _privacy_summary(experiment: Experiment, history: list[dict[str, Any]]) -> dict[str, Any]:
-    """The final privacy figures (as of the last round) and the planned ones."""
+def _privacy_summary(experiment: Experiment, ledger: ParticipationLedger) -> dict[str, Any]:
+    """The privacy spent, recomputed from the ledger after the last round, and the planned.
+
+    A resumed run recomputes it from its ledger too: nothing privacy-related is taken from a
+    checkpoint's history.
+    """
     exp = experiment
     if exp.mechanism.noise_multiplier == 0:
         return {"privacy/epsilon": None, "privacy/delta": exp.privacy.delta}
-    last = {k: v for k, v in history[-1].items() if k.startswith("privacy/")}
+    last = _privacy_spent(exp, ledger, ledger.rounds_recorded)
     plan = planned(exp.mechanism, exp.rounds, exp.participation.bound, exp.privacy.delta)
     return {**last, **plan.metrics("privacy/planned_"), "privacy/delta": exp.privacy.delta}
 

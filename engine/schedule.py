@@ -7,6 +7,7 @@ the round, attempt and client ids, so it never depends on the number of workers.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -137,7 +138,23 @@ class Scheduler:
             "the participation limits and clock.deadline_s"
         )
 
-    def commit(self, plan: RoundPlan) -> None:
-        """Records the round's cohort in the ledger and moves the clock to its end."""
-        self.ledger.record(plan.round_idx, plan.start_s, plan.cohort)
+    def state_dict(self) -> dict[str, Any]:
+        """The simulated clock and the ledger's state (everything else is a pure function)."""
+        return {"now_s": self.now_s, "ledger": self.ledger.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continues from `state_dict()`."""
+        self.ledger.load_state_dict(state["ledger"])
+        self.now_s = float(state["now_s"])
+
+    def commit(self, plan: RoundPlan, exclude: np.ndarray | None = None) -> None:
+        """Records the round's cohort in the ledger and moves the clock to its end.
+
+        Args:
+            plan: The round as planned.
+            exclude: Clients of the cohort whose update did not reach the aggregate (their
+                training kept failing): not recorded.
+        """
+        cohort = plan.cohort if exclude is None else np.setdiff1d(plan.cohort, exclude)
+        self.ledger.record(plan.round_idx, plan.start_s, cohort)
         self.now_s = plan.end_s

@@ -1,4 +1,4 @@
-"""Run-level settings that are not pluggable components: evaluation, cluster, tracking."""
+"""Run-level settings that are not pluggable components: evaluation, cluster, tracking, ..."""
 
 from __future__ import annotations
 
@@ -118,3 +118,22 @@ class Tracking:
 
     def __post_init__(self) -> None:
         require(self.mode in TRACKING_MODES, "mode", f"must be one of {TRACKING_MODES}")
+
+
+@dataclass(frozen=True)
+class Checkpointing:
+    """When the run's state is saved (see `engine.checkpoint`).
+
+    Attributes:
+        every: Save after every `every` rounds (and after the last); 0 never saves.
+    """
+
+    every: int = 50
+
+    def __post_init__(self) -> None:
+        require(self.every >= 0, "every", f"must be >= 0, got {self.every}")
+
+    def due(self, round_idx: int, rounds: int) -> bool:
+        """Whether to save after round `round_idx` (from 0) of `rounds`."""
+        last = round_idx == rounds - 1
+        return self.every > 0 and (last or (round_idx + 1) % self.every == 0)

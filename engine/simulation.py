@@ -32,6 +32,10 @@ from engine.workers import ClientWorker
 _INLINE_BYTES = 1 << 20
 
 
+class ServerDiedError(RuntimeError):
+    """The parameter server actor died: its state is lost, the run cannot go on."""
+
+
 def split_chunks(cohort: np.ndarray, chunk_size: int) -> list[np.ndarray]:
     """Splits a cohort into ceil(len / chunk_size) near-equal contiguous chunks."""
     num_chunks = max(1, -(-len(cohort) // chunk_size))
@@ -113,6 +117,18 @@ class Simulation:
     """
 
     def __init__(self, experiment: Experiment, ledger: ParticipationLedger | None = None) -> None:
+        self._group: PlacementGroup | None = None
+        self._workers: list[Any] = []
+        self._reducers: dict[str, Any] = {}
+        self._server: Any = None
+        try:
+            self._start(experiment, ledger)
+        except BaseException:
+            self.close()  # a half-started job must not keep its reservation
+            raise
+
+    def _start(self, experiment: Experiment, ledger: ParticipationLedger | None) -> None:
+        """Builds the scheduler and starts the job's actors (see the class docstring)."""
         self.experiment = experiment
         exp = experiment
         initial = initial_weights(exp)
@@ -121,13 +137,17 @@ class Simulation:
         self.scheduler = make_scheduler(exp, self.registry, initial.nbytes, ledger)
         resources = Resources.of(exp.cluster)
         self.num_workers = resources.num_workers
-        self._group: PlacementGroup | None = resources.reserve(exp.cluster.address is not None)
-        group = self._group
+        self._group = group = resources.reserve(exp.cluster.address is not None)
         worker_actor: Any = ray.remote(max_restarts=-1, max_task_retries=-1)(ClientWorker)
         self._population = _shared(exp.population)  # held: restarted workers need it
         self._workers = [
             worker_actor.options(**resources.worker_options(group, index)).remote(
-                self._population, exp.model_factory, exp.training, exp.aggregation, exp.seed
+                self._population,
+                exp.model_factory,
+                exp.training,
+                exp.aggregation,
+                exp.seed,
+                exp.faults,
             )
             for index in range(self.num_workers)
         ]
@@ -138,9 +158,7 @@ class Simulation:
         nodes = bundle_nodes(group)[: self.num_workers]
         per_node = exp.cluster.reduce_per_node
         if per_node or (per_node is None and len(set(nodes)) > 1):
-            self._reducers: dict[str, Any] = node_reducers(nodes, exp.aggregation, len(initial))
-        else:
-            self._reducers = {}
+            self._reducers = node_reducers(nodes, exp.aggregation, len(initial))
         self._worker_nodes = nodes
         self.clip_norm = exp.clipping.initial_norm
         self._weights = self._server.weights.remote()
@@ -169,11 +187,17 @@ class Simulation:
         self._weights, stats_ref = self._server.apply.options(num_returns=2).remote(
             round_idx, *refs
         )
-        metrics: dict[str, float] = ray.get(stats_ref)
-        if metrics["participation/clients_aggregated"] != len(cohort):
+        metrics: dict[str, float] = self._from_server(stats_ref, round_idx)
+        failed = np.zeros(0, dtype=np.int64)
+        if metrics["system/failed_clients"] > 0:
+            failed = self._from_server(self._server.failed_clients.remote(), round_idx)
+        summed = metrics["participation/clients_aggregated"] + metrics["system/rejected_updates"]
+        if summed + len(failed) != len(cohort) or not np.isin(failed, cohort).all():
             raise RuntimeError(f"round {round_idx}: the aggregate is not the planned cohort")
+        if len(failed) == len(cohort):
+            raise RuntimeError(f"round {round_idx}: every client failed (see the errors above)")
         self.clip_norm = metrics.pop("privacy/next_clip_norm", self.clip_norm)
-        self.scheduler.commit(plan)
+        self.scheduler.commit(plan, exclude=failed)
         round_s = time.perf_counter() - start
         metrics.update(plan.metrics())
         metrics.update(
@@ -185,6 +209,27 @@ class Simulation:
         )
         return metrics
 
+    def _from_server(self, ref: Any, round_idx: int) -> Any:
+        """`ray.get(ref)` of a server call; a dead server raises `ServerDiedError`."""
+        try:
+            return ray.get(ref)
+        except ray.exceptions.RayActorError as error:
+            raise ServerDiedError(f"the parameter server died in round {round_idx}") from error
+
+    def state_dict(self) -> dict[str, Any]:
+        """The server's state and the scheduler's (clock and ledger), for a checkpoint."""
+        return {
+            "server": self._from_server(self._server.state_dict.remote(), -1),
+            "scheduler": self.scheduler.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continues from `state_dict()` of a simulation of the same experiment."""
+        ray.get(self._server.load_state_dict.remote(state["server"]))
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.clip_norm = state["server"]["clip_norm"]
+        self._weights = self._server.weights.remote()
+
     def _reduced(self, refs: list[tuple[str, Any]]) -> list[Any]:
         """The workers' partials, summed per node first when there are node reducers."""
         if not self._reducers:
@@ -195,8 +240,14 @@ class Simulation:
         return [self._reducers[node].reduce.remote(*group) for node, group in by_node.items()]
 
     def close(self) -> None:
-        """Releases the job's placement group (its actors go with it); idempotent."""
+        """Ends the job's actors (for good: no restart) and releases its placement group.
+
+        Idempotent.
+        """
         if self._group is not None:
+            for actor in [*self._workers, *self._reducers.values(), self._server]:
+                if actor is not None:  # a worker would restart and wait forever
+                    ray.kill(actor, no_restart=True)
             remove_placement_group(self._group)
             self._group = None
 
@@ -214,7 +265,7 @@ class Simulation:
             for worker, ids in zip(self._workers, parts, strict=True)
             if len(ids)
         ]
-        stats: list[EvalStats] = ray.get(refs)
+        stats: list[EvalStats] = self._from_server(refs, -1)  # the weights come from it
         total = stats[0]
         for other in stats[1:]:
             total.merge(other)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, cast
@@ -27,6 +28,11 @@ class RunTracker:
         name: Experiment name, the wandb group unless `tracking.group` is set.
         config: The resolved config, stored with the wandb run.
         rounds: Rounds planned, for the progress bar.
+        first_round: The first round this process runs (> 0 when resuming): metrics.jsonl keeps
+            the earlier rounds' lines and drops later ones (a killed run's, past its checkpoint).
+        state: `state_dict()` of the tracker that logged the earlier rounds: its wandb run is
+            resumed.
+        tags: wandb tags (a sweep's job: its overrides).
     """
 
     def __init__(
@@ -36,16 +42,28 @@ class RunTracker:
         name: str,
         config: dict[str, Any],
         rounds: int,
+        first_round: int = 0,
+        state: dict[str, Any] | None = None,
+        tags: Sequence[str] = (),
     ) -> None:
         self.output_dir = output_dir
         output_dir.mkdir(parents=True, exist_ok=True)
+        kept = _rounds_before(output_dir / "metrics.jsonl", first_round)
         self._metrics = (output_dir / "metrics.jsonl").open("w", encoding="utf-8")
-        self._bar = tqdm(total=rounds, unit="round", disable=not tracking.progress, file=sys.stderr)
+        self._metrics.writelines(kept)
+        self._bar = tqdm(
+            total=rounds,
+            initial=first_round,
+            unit="round",
+            disable=not tracking.progress,
+            file=sys.stderr,
+        )
         self._shown: dict[str, str] = {}
         self._wandb = None
         if tracking.mode != "disabled":
             import wandb  # Imported here: a disabled run never pays for it.
 
+            run_id = (state or {}).get("wandb_id")
             self._wandb = wandb.init(
                 project=tracking.project,
                 group=tracking.group or name,
@@ -53,9 +71,16 @@ class RunTracker:
                 mode=cast(Any, tracking.mode),
                 dir=str(output_dir),
                 config=config,
+                tags=list(tags),
+                id=run_id,
+                resume="allow" if run_id else None,
             )
             self._wandb.define_metric("round")
             self._wandb.define_metric("*", step_metric="round")
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run needs to continue this one's wandb run."""
+        return {"wandb_id": self._wandb.id if self._wandb is not None else None}
 
     def log(self, metrics: dict[str, float]) -> None:
         """Records one round's metrics; `metrics["round"]` must increase."""
@@ -112,3 +137,17 @@ class RunTracker:
         traceback: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _rounds_before(path: Path, first_round: int) -> list[str]:
+    """The lines of an existing metrics.jsonl for rounds < `first_round` (none if fresh)."""
+    if first_round == 0 or not path.is_file():
+        return []
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
+        try:
+            if json.loads(line)["round"] < first_round:
+                kept.append(line)
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue  # the half-written last line of a killed run
+    return kept

@@ -9,25 +9,28 @@ its call retried.
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections.abc import Callable, Sequence
 
 import numpy as np
-import ray
 import torch
 from torch import nn
 
 from engine.aggregation import Aggregator, Partial
-from engine.client import EvalStats, LocalTraining, evaluate, evaluate_clients, train_client
+from engine.client import (
+    ClientUpdate,
+    EvalStats,
+    LocalTraining,
+    evaluate,
+    evaluate_clients,
+    train_client,
+)
+from engine.faults import Faults
 from engine.models.layout import ParameterLayout
+from engine.placement import assigned_device
 from engine.population import ClientData, Population
 from engine.rng import Stream, generator
 from mechanisms.clipping import clip_update
-
-
-def _device() -> torch.device:
-    """This actor's GPU when Ray gave it one, else the CPU."""
-    gpu = torch.cuda.is_available() and bool(ray.get_gpu_ids()) if ray.is_initialized() else False
-    return torch.device("cuda" if gpu else "cpu")
 
 
 class ClientWorker:
@@ -39,6 +42,7 @@ class ClientWorker:
         training: Local SGD settings.
         aggregator: How updates are weighted and summed.
         seed: Run seed; client c's round-r stream is (seed, CLIENT_TRAIN, r, c).
+        faults: Injected faults (none by default).
     """
 
     def __init__(
@@ -48,16 +52,18 @@ class ClientWorker:
         training: LocalTraining,
         aggregator: Aggregator,
         seed: int,
+        faults: Faults | None = None,
     ) -> None:
         torch.set_num_threads(1)
         self._population = population
         # Ray sets CUDA_VISIBLE_DEVICES to this actor's GPU (fraction): move the model there
         # once and keep it; without a GPU everything stays on the CPU.
-        self._model = model_factory().to(_device())
+        self._model = model_factory().to(assigned_device())
         self._layout = ParameterLayout.of(self._model)
         self._training = training
         self._aggregator = aggregator
         self._seed = seed
+        self._faults = faults or Faults()
         self._eval_data: tuple[bytes, ClientData] | None = None
         self._eval_parts: list[ClientData] = []
 
@@ -75,22 +81,53 @@ class ClientWorker:
         escape the clip norm). Partials know the model's layout (its row-sparse and expert
         blocks), built once from the model.
         """
-        params = torch.tensor(weights)
+        params = self._on_model_device(weights)  # once per round, not once per client
         partials = []
         for chunk in chunks:
             partial = self._aggregator.zeros(len(params), self._layout)
             partial.clip_norm = clip_norm
             for client_id in chunk.tolist():
-                rng = generator(self._seed, Stream.CLIENT_TRAIN, round_idx, client_id)
-                data = self._population.client_data(client_id)
-                update = train_client(self._model, params, data, self._training, rng)
-                if clip_norm is None:
+                update = self._train_client(params, round_idx, client_id)
+                if update is None:
+                    partial.failed.append(client_id)
+                elif not np.isfinite(update.delta).all():
+                    partial.rejected.append(client_id)  # before clipping, never summed
+                elif clip_norm is None:
                     partial.add(update, self._aggregator.client_weight(update))
                 else:
                     delta, bit = clip_update(update.delta, clip_norm)
                     partial.add(dataclasses.replace(update, delta=delta), 1.0, bit)
             partials.append(partial)
+        first_client = int(chunks[0][0]) if chunks and len(chunks[0]) else -1
+        self._faults.maybe_crash(self._seed, round_idx, first_client)  # before returning
         return partials
+
+    def _train_client(
+        self, params: torch.Tensor, round_idx: int, client_id: int
+    ) -> ClientUpdate | None:
+        """One client's update, retried `faults.client_retries` times if training raises.
+
+        Returns None (the client failed this round) when every attempt raised; the first
+        error is reported on stderr. A failed or retried attempt leaves nothing behind: each
+        attempt starts again from `params` and the client's own seeded stream.
+        """
+        faults = self._faults
+        for attempt in range(faults.client_retries + 1):
+            rng = generator(self._seed, Stream.CLIENT_TRAIN, round_idx, client_id)
+            try:
+                faults.maybe_fail(self._seed, round_idx, client_id)
+                data = self._population.client_data(client_id)
+                update = train_client(self._model, params, data, self._training, rng)
+            except Exception as error:  # a client's failure must not fail its round
+                if attempt == faults.client_retries:
+                    print(
+                        f"fedray: round {round_idx}: client {client_id} failed "
+                        f"{attempt + 1} times ({type(error).__name__}: {error}); left out",
+                        file=sys.stderr,
+                    )
+                continue
+            return faults.maybe_poison(update, self._seed, round_idx, client_id)
+        return None
 
     def evaluate(self, weights: np.ndarray, client_ids: np.ndarray) -> EvalStats:
         """Evaluates `weights` on the given (held-out) clients; their data is cached."""
@@ -102,8 +139,12 @@ class ClientWorker:
             )
             self._eval_data = (key, data)
             self._eval_parts = parts
-        params = torch.tensor(weights)
+        params = self._on_model_device(weights)
         classes = self._population.num_classes
         if hasattr(self._model, "begin_client"):  # per-client local state: one client at a time
             return evaluate_clients(self._model, params, self._eval_parts, classes)
         return evaluate(self._model, params, self._eval_data[1], classes)
+
+    def _on_model_device(self, weights: np.ndarray) -> torch.Tensor:
+        """The round's weights as a tensor where the model lives (its GPU, or the CPU)."""
+        return torch.tensor(weights, device=next(self._model.parameters()).device)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # GPU check, at most 5 minutes: a short MoE LM simulation with 4 client workers sharing one GPU
-# (0.25 each) and the parameter server on the GPU; prints throughput and peak GPU memory.
+# (0.25 each) and the parameter server on the GPU; prints throughput and peak GPU memory. First
+# runs tests/test_gpu.py (GPU results equal CPU ones to float rounding), skipped on CPU runs.
 #
 # Needs a CUDA build of torch in the environment (`make test` installs the CPU build; a GPU
 # user installs CUDA torch over it). Usage: bash scripts/gpu_check.sh [extra fedray overrides]
@@ -12,6 +13,9 @@ OUT=$(mktemp -d)
 trap 'kill "$SMI" 2>/dev/null || true; rm -rf "$OUT"' EXIT
 
 "$PYTHON" -c 'import torch, sys; ok = torch.cuda.is_available(); print("cuda:", ok, torch.__version__, torch.cuda.get_device_name(0) if ok else ""); sys.exit(0 if ok else 1)'
+
+# The GPU paths against the CPU's results (server on the device, client training on it).
+"$PYTHON" -m pytest -q -p no:cacheprovider tests/test_gpu.py
 
 nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 250 > "$OUT/memory.csv" &
 SMI=$!

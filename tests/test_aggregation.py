@@ -193,13 +193,15 @@ def test_every_aggregator_reduces_nothing_to_an_empty_total(aggregator):
     assert isinstance(aggregator, Aggregator)
 
 
-def test_server_reports_the_upload_bytes_of_every_partial():
+def test_server_reports_the_bytes_clients_uploaded_and_partials_carried():
     server = ParameterServer(
         np.zeros(3, np.float32), FedAvg(), NoNoise(), DenseAggregator(), NoClipping(), 4
     )
     chunks = [DenseAggregator().zeros(3) for _ in range(3)]
-    for chunk in chunks:
-        chunk.add(ClientUpdate(np.ones(3, np.float32), 2, 1.0, 2), 2.0)
+    for clients, chunk in zip([1, 2, 1], chunks, strict=True):
+        for _ in range(clients):
+            chunk.add(ClientUpdate(np.ones(3, np.float32), 2, 1.0, 2), 2.0)
     _, metrics = server.apply(0, chunks[:1], chunks[1:])
-    assert metrics["system/upload_bytes"] == 3 * 3 * 4
-    assert metrics["participation/clients_aggregated"] == 3
+    assert metrics["system/upload_bytes"] == 4 * 3 * 4  # four clients' float32 vectors
+    assert metrics["system/transport_bytes"] == 3 * 3 * 4  # three chunk partials
+    assert metrics["participation/clients_aggregated"] == 4

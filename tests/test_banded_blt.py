@@ -252,5 +252,8 @@ def test_yaml_targets_the_class(name, cls):
     conf = OmegaConf.to_container(OmegaConf.load(CONF / f"{name}.yaml"))
     assert isinstance(conf, dict)
     assert conf["_target_"] == f"{cls.__module__}.{cls.__qualname__}"
-    assert conf["defaults"] == [f"/schema/mechanism/{name}@_here_"]
+    assert conf["defaults"] == [
+        f"/schema/mechanism/{name}@_here_",
+        {"override /clipping@_global_.clipping": "fixed"},  # DP needs clipping
+    ]
     assert not {"rounds", "max_participations", "min_separation"} & set(conf)

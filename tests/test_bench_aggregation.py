@@ -20,17 +20,28 @@ COMMON = {
     "num_chunks",
     "num_params",
     "upload_bytes",
+    "transport_bytes",
     "wire_bytes",
     "server_ms",
     "reduce_ms",
     "densify_ms",
     "rounds",
     "dense_ratio",
+    "transport_ratio",
 }
 LM = COMMON | {"vocab_size", "rows_per_client", "row_fraction", "rows_touched"}
 SPARSE = LM | {"rows_per_chunk", "max_ratio", "target_ratio", "meets_target"}
 MOE = COMMON | {"num_experts", "top_k", "vocab_size", "expert_param_fraction"}
-POSITIVE = ("num_params", "upload_bytes", "wire_bytes", "server_ms", "reduce_ms", "dense_ratio")
+POSITIVE = (
+    "num_params",
+    "upload_bytes",
+    "transport_bytes",
+    "wire_bytes",
+    "server_ms",
+    "reduce_ms",
+    "dense_ratio",
+    "transport_ratio",
+)
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +79,9 @@ def test_keys_and_positive_values(lines):
         for key in POSITIVE:
             assert math.isfinite(line[key]) and line[key] > 0, key
         assert line["densify_ms"] >= 0
-        assert line["wire_bytes"] >= line["upload_bytes"]
+        assert line["wire_bytes"] >= line["transport_bytes"]
+        # a chunk partial sums its clients: never more than what they uploaded
+        assert line["transport_bytes"] <= line["upload_bytes"]
 
 
 def test_lm_lines(lines):
@@ -77,11 +90,16 @@ def test_lm_lines(lines):
     assert dense["rows_per_client"] == 40 and dense["row_fraction"] == pytest.approx(0.02)
     assert 40 <= dense["rows_touched"] == sparse["rows_touched"] <= 8 * 40
     assert 40 <= sparse["rows_per_chunk"] <= 3 * 40
-    # dense partials carry every parameter of every chunk
-    assert dense["upload_bytes"] == 3 * 4 * dense["num_params"]
+    # every dense client uploads every parameter; dense partials carry them once per chunk
+    assert dense["upload_bytes"] == 8 * 4 * dense["num_params"]
+    assert dense["transport_bytes"] == 3 * 4 * dense["num_params"]
     assert sparse["upload_bytes"] < dense["upload_bytes"]
-    ratio = dense["upload_bytes"] / sparse["upload_bytes"]
-    assert sparse["dense_ratio"] == pytest.approx(ratio, rel=1e-3)
+    for key in ("upload", "transport"):
+        ratio = dense[f"{key}_bytes"] / sparse[f"{key}_bytes"]
+        assert sparse[f"{'dense' if key == 'upload' else key}_ratio"] == pytest.approx(ratio, 1e-3)
+    # a sparse client uploads its dense part, and 40 rows of each block: index and values
+    dense_part = sparse["num_params"] - 2000 * (96 + 1)
+    assert sparse["upload_bytes"] == 8 * (4 * dense_part + 40 * (8 + 96 * 4) + 40 * (8 + 4))
     assert 1 < sparse["dense_ratio"] < sparse["max_ratio"]
     assert sparse["target_ratio"] == 20
     assert isinstance(sparse["meets_target"], bool)

@@ -105,7 +105,8 @@ def test_diurnal_cyclic_run_cycles_over_two_simulated_days(tmp_path):
     rounds, ids = read_log(tmp_path / "participation.parquet")
     assert len(ids) == sum(row["participation/reported"] for row in rows)
     assert np.all(ids % 4 == rounds % 4)
-    assert pq.read_schema(tmp_path / "participation.parquet").names == ["round", "client_id"]
+    parts = sorted((tmp_path / "participation.parquet").glob("part-*.parquet"))
+    assert parts and all(pq.read_schema(p).names == ["round", "client_id"] for p in parts)
 
 
 @pytest.mark.usefixtures("ray_session")

@@ -183,7 +183,8 @@ def test_log_round_trips_through_read_log(tmp_path):
     assert ids.dtype == np.int64
     np.testing.assert_array_equal(ids, np.concatenate(history))
     np.testing.assert_array_equal(rounds, np.repeat(np.arange(15), 10_000))
-    assert pq.ParquetFile(path).metadata.num_row_groups >= 3  # two flushes and the close
+    (part,) = sorted(path.glob("part-*.parquet"))  # one part: no checkpoint in between
+    assert pq.ParquetFile(part).metadata.num_row_groups >= 3  # two flushes and the close
     np.testing.assert_array_equal(np.bincount(ids, minlength=num_clients), ledger.count)
 
 
@@ -253,3 +254,38 @@ def test_round_start_times_survive_growth():
         ledger.record(r, 10.0 * r, np.array([r % 10], dtype=np.int64))
     np.testing.assert_array_equal(ledger.last_start_s(np.arange(10)), 10.0 * np.arange(290, 300))
     assert ParticipationLedger(3).last_start_s(np.arange(3)).tolist() == [-np.inf] * 3
+
+
+# -- checkpoints -------------------------------------------------------------------------------
+
+
+def test_state_round_trips_and_a_killed_runs_log_parts_are_dropped(tmp_path):
+    path = tmp_path / "participation.parquet"
+    ledger = ParticipationLedger(10, log_path=path)
+    ledger.record(0, 0.0, _ids([1, 2]))
+    ledger.record(1, 60.0, _ids([2, 3]))
+    state = ledger.state_dict()  # a checkpoint after round 1: one complete part
+    assert state["log_parts"] == 1
+    ledger.record(2, 120.0, _ids([4]))
+    ledger.state_dict()  # a later checkpoint the resumed run does not use
+    ledger.record(3, 180.0, _ids([5]))  # then the process dies mid-part
+    ledger._log._flush()  # type: ignore[union-attr]  # rows on disk, part not complete
+    assert len(list(path.glob("part-*.parquet"))) == 3
+
+    resumed = ParticipationLedger(10, log_path=path)
+    resumed.load_state_dict(state)
+    assert len(list(path.glob("part-*.parquet"))) == 1
+    assert resumed.rounds_recorded == 2 and resumed.count.tolist() == ledger_counts(
+        10, [1, 2, 2, 3]
+    )
+    np.testing.assert_array_equal(resumed.last_start_s(_ids([1, 3, 0])), [0.0, 60.0, -np.inf])
+    resumed.record(2, 120.0, _ids([4]))
+    resumed.close()
+    rounds, ids = read_log(path)
+    assert rounds.tolist() == [0, 0, 1, 1, 2] and ids.tolist() == [1, 2, 2, 3, 4]
+    with pytest.raises(ValueError, match="clients"):
+        ParticipationLedger(11).load_state_dict(state)
+
+
+def ledger_counts(num_clients: int, ids: list[int]) -> list[int]:
+    return np.bincount(ids, minlength=num_clients).tolist()

@@ -43,14 +43,16 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
 
 def test_gboard_size_parameter_count_and_flat_order():
     # V x E embedding (tied), CIFG gates [3H, E + E] + [3H], projection [E, H], output bias [V]:
+    # 960,000 + 230,400 + 1,200 + 38,400 + 10,000 = 1,240,000; the paper's 670 units give
     # 960,000 + 385,920 + 2,010 + 64,320 + 10,000 = 1,422,250 (Hard et al. 2018: "1.4M").
+    assert _count(NextWordLM(num_features=20, num_classes=10_000, hidden=670)) == 1_422_250
     model = NextWordLM(num_features=20, num_classes=10_000)
-    assert _count(model) == 1_422_250
+    assert _count(model) == 1_240_000
     assert [(name, tuple(p.shape)) for name, p in model.named_parameters()] == [
         ("embedding.weight", (10_000, 96)),
-        ("cell.gates.weight", (2010, 192)),
-        ("cell.gates.bias", (2010,)),
-        ("cell.proj.weight", (96, 670)),
+        ("cell.gates.weight", (1200, 192)),
+        ("cell.gates.bias", (1200,)),
+        ("cell.proj.weight", (96, 400)),
         ("output.bias", (10_000,)),
     ]
 

@@ -59,6 +59,17 @@ def test_route_picks_the_top_k_experts_with_their_probabilities():
     assert routing.keep.all()
 
 
+def test_normalized_gates_are_the_top_k_probabilities_over_their_sum():
+    probs = torch.tensor([[0.1, 0.6, 0.3], [0.5, 0.2, 0.3]])
+    routing = route(probs, top_k=2, capacity=10, normalize=True)
+    assert routing.expert.tolist() == [1, 0, 2, 2]
+    torch.testing.assert_close(
+        routing.gate, torch.tensor([0.6 / 0.9, 0.5 / 0.8, 0.3 / 0.9, 0.3 / 0.8])
+    )
+    # Top-1 normalised is a gate of 1 for every token.
+    torch.testing.assert_close(route(probs, 1, 10, normalize=True).gate, torch.ones(2))
+
+
 def test_route_drops_assignments_beyond_capacity_first_choices_first():
     # Every token prefers expert 0, then expert 1.
     probs = torch.tensor([[0.7, 0.2, 0.1]] * 4)
@@ -87,13 +98,16 @@ def test_load_balancing_loss_by_hand():
     assert logits.grad is not None and logits.grad[:, 0].gt(0).all()
 
 
-def test_mixture_output_is_the_gated_sum_and_dropped_tokens_get_zero():
+@pytest.mark.parametrize("normalize", [False, True])
+def test_mixture_output_is_the_gated_sum_and_dropped_tokens_get_zero(normalize):
     torch.manual_seed(0)
-    layer = MixtureOfExperts(d_model=6, num_experts=3, top_k=2, capacity_factor=0.5, hidden=5)
+    layer = MixtureOfExperts(
+        d_model=6, num_experts=3, top_k=2, capacity_factor=0.5, hidden=5, normalize_gates=normalize
+    )
     x = torch.randn(9, 6)
     out, aux = layer(x)
     probs = torch.softmax(layer.router(x), -1)
-    routing = route(probs, 2, expert_capacity(9, 3, 2, 0.5))
+    routing = route(probs, 2, expert_capacity(9, 3, 2, 0.5), normalize)
     assert (~routing.keep).any()
     expected = torch.zeros_like(x)
     for e, t, g, k in zip(*routing, strict=True):

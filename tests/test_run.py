@@ -149,8 +149,8 @@ def test_a_run_planned_above_the_target_epsilon_refuses_to_start():
 @pytest.mark.parametrize(
     ("overrides", "key"),
     [
-        (["mechanism=gaussian"], "clipping"),
-        (["mechanism=gaussian", "clipping=fixed"], "aggregation.weighting"),
+        (["mechanism=gaussian", "clipping=none"], "clipping"),
+        (["mechanism=gaussian", "aggregation.weighting=examples"], "aggregation.weighting"),
         (
             ["clipping=adaptive", "clipping.count_noise_multiplier=0"],
             "clipping.count_noise_multiplier",
@@ -175,3 +175,14 @@ def test_privacy_config_errors_name_the_key(overrides, key):
     with pytest.raises(ConfigError) as err:
         check_command_line(overrides)
     assert err.value.key == key
+
+
+@pytest.mark.parametrize("mechanism", ["gaussian", "tree", "banded_mf", "blt"])
+def test_a_private_mechanism_turns_on_fixed_clipping_with_uniform_weights(mechanism):
+    cfg = compose_config(f"mechanism={mechanism}")
+    assert cfg.clipping._target_ == "mechanisms.clipping.FixedClipping"
+    assert cfg.aggregation.weighting == "uniform"
+    check_command_line([f"mechanism={mechanism}"])  # and it is a valid run
+    adaptive = compose_config(f"mechanism={mechanism}", "clipping=adaptive")  # the command wins
+    assert adaptive.clipping._target_ == "mechanisms.clipping.AdaptiveClipping"
+    assert adaptive.aggregation.weighting == "uniform"

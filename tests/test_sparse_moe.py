@@ -195,6 +195,8 @@ def test_sparse_partial_unites_rows_and_reports_what_travels():
     assert total.metrics() == {"system/rows_touched": 3.0}
     # 14 dense float32, 3 int64 rows, 3 x 3 float32 values: far less than the 134 x 4 bytes.
     assert total.nbytes == 14 * 4 + 3 * 8 + 9 * 4
+    # Each client uploaded its dense part and its own two rows (index and values).
+    assert total.upload_bytes == 2 * (14 * 4 + 2 * 8 + 2 * 3 * 4)
     assert left.rows[0].tolist() == [1, 3]  # reduce left its inputs alone
     with pytest.raises(ValueError, match="same layout"):
         total.merge(DenseAggregator().zeros(layout.dim))
@@ -314,6 +316,7 @@ def test_moe_partial_records_per_expert_weights_and_sends_touched_experts_only()
     assert partial.expert_weights.tolist() == [0.0, 7.0, 0.0]
     assert [s is not None for s in partial.expert_sums] == [False, True, False]
     assert partial.nbytes == (19 + 15) * 4 + 3 * 8
+    assert partial.upload_bytes == 2 * (19 + 15) * 4  # each client: non-expert part, expert 1
     assert partial.metrics() == {}  # no client reported routing statistics
     with pytest.raises(ValueError, match="experts"):
         partial.add(_update(updates[0].delta, 1, expert_tokens=np.ones(2)), 1.0)
@@ -392,8 +395,10 @@ def test_private_release_is_the_dense_release(kind):
         )
         np.testing.assert_array_equal(mine, dense)
         # A dense partial's size is public; a sparse or MoE one's depends on the data.
-        assert dense_metrics["system/upload_bytes"] == 2 * layout.dim * 4
+        assert dense_metrics["system/upload_bytes"] == 3 * layout.dim * 4  # three clients
+        assert dense_metrics["system/transport_bytes"] == 2 * layout.dim * 4  # two partials
         assert "system/upload_bytes" not in my_metrics
+        assert "system/transport_bytes" not in my_metrics
 
 
 # ----------------------------------------------------------------------------- worker

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
@@ -39,6 +39,11 @@ class Partial:
         bit_sum: Sum of the clients' adaptive-clipping bits (1[unclipped] - 1/2).
         clip_norm: The clip norm the updates were clipped to; None when not clipped.
         layout: The model's parameter layout (None for the dense partial, which needs none).
+        upload_bytes: Bytes the summed clients uploaded, each in this aggregator's format
+            (dense: the whole float32 vector; sparse: the dense part plus each touched row's
+            index and values; MoE: the non-expert part plus the touched experts).
+        failed: Clients of the partial's chunks whose training kept failing (not summed).
+        rejected: Clients whose update was not finite, rejected before clipping (not summed).
     """
 
     # Whether `nbytes` depends on the clients' data (which rows or experts they touched): such a
@@ -53,11 +58,14 @@ class Partial:
     bit_sum: float = 0.0
     clip_norm: float | None = None
     layout: ParameterLayout | None = None
+    upload_bytes: int = 0
+    failed: list[int] = field(default_factory=list)
+    rejected: list[int] = field(default_factory=list)
 
     def add(self, update: ClientUpdate, weight: float, bit: float = 0.0) -> None:
         """Adds one client's update with the given weight (and clipping bit)."""
         self.update_sum += np.float32(weight) * update.delta
-        self._count(update, weight, bit)
+        self._count(update, weight, bit, update.delta.nbytes)
 
     def merge(self, other: Partial) -> None:
         """Adds another partial into this one (`other` is left as it was)."""
@@ -67,6 +75,9 @@ class Partial:
         self.loss_sum += other.loss_sum
         self.examples_seen += other.examples_seen
         self.bit_sum += other.bit_sum
+        self.upload_bytes += other.upload_bytes
+        self.failed.extend(other.failed)
+        self.rejected.extend(other.rejected)
 
     def dense_sum(self) -> np.ndarray:
         """The whole weighted sum as one float32 [d] vector (here `update_sum` itself)."""
@@ -84,15 +95,16 @@ class Partial:
 
     @property
     def nbytes(self) -> int:
-        """Bytes of the arrays that travel from the worker to the server."""
+        """Bytes of the arrays that travel from the worker to the server (the partial itself)."""
         return int(self.update_sum.nbytes)
 
     def metrics(self) -> dict[str, float]:
         """Statistics of the summed clients (data-dependent: only for non-private runs)."""
         return {}
 
-    def _count(self, update: ClientUpdate, weight: float, bit: float) -> None:
-        """Adds one client's weight, bit, loss and example counts."""
+    def _count(self, update: ClientUpdate, weight: float, bit: float, payload: int) -> None:
+        """Adds one client's weight, bit, loss and example counts, and its upload's bytes."""
+        self.upload_bytes += int(payload)
         self.bit_sum += bit
         self.weight_sum += weight
         self.num_clients += 1

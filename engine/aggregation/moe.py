@@ -60,11 +60,13 @@ class MoEPartial(Partial):
         """Adds one client; it touches expert e when its delta on e's spans is nonzero."""
         layout, scale = self._layout, np.float32(weight)
         gather(layout.outside_experts, update.delta, self.update_sum, scale)
+        payload = self.update_sum.nbytes
         for e, spans in enumerate(layout.experts):
             parts = [update.delta[start:stop] for start, stop in spans]
             if not any(part.any() for part in parts):
                 continue
             contribution = scale * (np.concatenate(parts) if len(parts) > 1 else parts[0])
+            payload += contribution.nbytes
             current = self.expert_sums[e]
             if current is None:
                 self.expert_sums[e] = contribution
@@ -74,7 +76,7 @@ class MoEPartial(Partial):
         stats: dict[str, np.ndarray] = getattr(update, "stats", None) or {}
         tokens = stats.get("expert_tokens", stats.get("tokens_per_expert"))
         self._add_stats(tokens, stats.get("router_entropy"))
-        self._count(update, weight, bit)
+        self._count(update, weight, bit, payload)
 
     def _add_stats(self, tokens: np.ndarray | None, entropy: np.ndarray | float | None) -> None:
         """Accumulates one client's (or partial's) tokens per expert and router entropy."""

@@ -2,13 +2,14 @@
 
 A LEAF file is JSON: `{"users": [...], "num_samples": [...], "user_data": {user: {"x": [...],
 "y": [...]}}}`. LEAF's preprocessing writes a dataset as several such files in a directory,
-usually with `train/` and `test/` directories. Only numeric features and integer labels are
-supported (not the raw text of Shakespeare or Sent140).
+usually with `train/` and `test/` directories. `read_leaf` takes numeric features and integer
+labels by default; a `convert` function reads other examples (Shakespeare's text, for one).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,9 @@ from engine.errors import ConfigError, require
 from engine.population import ClientData
 
 _KEYS = ("users", "num_samples", "user_data")
+
+# Turns one user's raw `x` and `y` into its examples; raises ValueError with a one-line reason.
+Convert = Callable[[Any, Any], ClientData]
 
 
 def _json_files(path: str, key: str) -> list[Path]:
@@ -40,7 +44,7 @@ def _read_json(file: Path, key: str) -> Any:
         raise ConfigError(key, f"{file}: not valid JSON ({one_line(error)})") from None
 
 
-def _read_file(file: Path, key: str) -> list[tuple[str, ClientData]]:
+def _read_file(file: Path, key: str, convert: Convert) -> list[tuple[str, ClientData]]:
     doc = _read_json(file, key)
     require(isinstance(doc, dict), key, f"{file}: top level must be a JSON object")
     for name in _KEYS:
@@ -65,7 +69,7 @@ def _read_file(file: Path, key: str) -> list[tuple[str, ClientData]]:
             f"{file}: user {user!r} needs keys 'x' and 'y' in 'user_data'",
         )
         try:
-            client = client_from_raw(entry["x"], entry["y"])
+            client = convert(entry["x"], entry["y"])
         except ValueError as error:
             raise ConfigError(key, f"{file}: user {user!r}: {error}") from None
         require(
@@ -77,12 +81,16 @@ def _read_file(file: Path, key: str) -> list[tuple[str, ClientData]]:
     return clients
 
 
-def read_leaf(path: str, key: str = "path") -> list[tuple[str, ClientData]]:
+def read_leaf(
+    path: str, key: str = "path", convert: Convert = client_from_raw
+) -> list[tuple[str, ClientData]]:
     """Reads a LEAF file, or every `*.json` file of a directory in name order.
 
     Args:
         path: A LEAF JSON file or a directory of them.
         key: Config key to blame in errors.
+        convert: Makes one user's examples from its raw `x` and `y` (default: numeric
+            features and integer labels); its ValueError becomes a ConfigError naming the user.
 
     Returns:
         One `("<file>: user '<user>'", ClientData)` per user, in file order and, within a file,
@@ -95,7 +103,7 @@ def read_leaf(path: str, key: str = "path") -> list[tuple[str, ClientData]]:
     named: list[tuple[str, ClientData]] = []
     first: dict[str, Path] = {}
     for file in _json_files(path, key):
-        for user, client in _read_file(file, key):
+        for user, client in _read_file(file, key, convert):
             require(user not in first, key, f"{file}: user {user!r} is also in {first.get(user)}")
             first[user] = file
             named.append((f"{file}: user {user!r}", client))

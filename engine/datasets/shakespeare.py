@@ -14,14 +14,12 @@ features with the last id as the label, which keeps its partitions and held-out 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from engine.datasets.leaf import _json_files, _read_json
+from engine.datasets.leaf import read_leaf
 from engine.datasets.loading import FilePopulation
-from engine.errors import ConfigError, require
 from engine.population import ClientData
 
 VOCABULARY = "\n" + "".join(chr(code) for code in range(32, 127))
@@ -65,31 +63,6 @@ def windows(x: Any, y: Any) -> ClientData:
     return ClientData(x=ids.astype(np.float32), y=ids[:, -1].copy())
 
 
-def _read_file(file: Path, key: str) -> list[tuple[str, ClientData]]:
-    doc = _read_json(file, key)
-    require(isinstance(doc, dict), key, f"{file}: top level must be a JSON object")
-    users, counts, data = (doc.get(name) for name in ("users", "num_samples", "user_data"))
-    if not (isinstance(users, list) and isinstance(counts, list) and isinstance(data, dict)):
-        raise ConfigError(key, f"{file}: needs lists 'users', 'num_samples', object 'user_data'")
-    require(len(users) == len(counts), key, f"{file}: 'users' and 'num_samples' differ in length")
-    clients = []
-    for user, count in zip(users, counts, strict=True):
-        entry = data.get(user) if isinstance(user, str) else None
-        if not (isinstance(entry, dict) and "x" in entry and "y" in entry):
-            raise ConfigError(key, f"{file}: user {user!r} needs keys 'x' and 'y' in 'user_data'")
-        try:
-            client = windows(entry["x"], entry["y"])
-        except ValueError as error:
-            raise ConfigError(key, f"{file}: user {user!r}: {error}") from None
-        require(
-            count == len(client),
-            key,
-            f"{file}: user {user!r} has {len(client)} examples, 'num_samples' says {count}",
-        )
-        clients.append((user, client))
-    return clients
-
-
 def read_shakespeare(path: str, key: str = "path") -> list[tuple[str, ClientData]]:
     """Reads a LEAF Shakespeare file, or every `*.json` file of a directory in name order.
 
@@ -100,14 +73,7 @@ def read_shakespeare(path: str, key: str = "path") -> list[tuple[str, ClientData
         ConfigError: `(key, "<file>: <reason>")` for a missing or malformed file, or a user listed
             twice.
     """
-    named: list[tuple[str, ClientData]] = []
-    first: dict[str, Path] = {}
-    for file in _json_files(path, key):
-        for user, client in _read_file(file, key):
-            require(user not in first, key, f"{file}: user {user!r} is also in {first.get(user)}")
-            first[user] = file
-            named.append((f"{file}: user {user!r}", client))
-    return named
+    return read_leaf(path, key, windows)
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,9 @@
 
 GShard / Switch / V-MoE style (Lepikhin et al. 2021, Fedus et al. 2022, Riquelme et al. 2021):
 each block's feed-forward is `num_experts` two-layer experts behind a softmax router; every
-token goes to its `top_k` most probable experts, weighted by their router probabilities (not
-renormalised). An expert takes at most C = ceil(capacity_factor * top_k * T / num_experts) of
+token goes to its `top_k` most probable experts, weighted by their router probabilities,
+renormalised over the k chosen as in GShard (`normalize_gates`; off: the raw probabilities, as in
+Switch and V-MoE). An expert takes at most C = ceil(capacity_factor * top_k * T / num_experts) of
 the T tokens of a batch; assignments are served first choices first, then in token order, and
 those beyond C are dropped (a token whose every assignment is dropped passes through the
 residual unchanged). The Switch/GShard load-balancing loss E * sum_e f_e * P_e (f_e: share of
@@ -55,10 +56,17 @@ def expert_capacity(num_tokens: int, num_experts: int, top_k: int, factor: float
     return math.ceil(factor * top_k * num_tokens / num_experts)
 
 
-def route(probs: torch.Tensor, top_k: int, capacity: int) -> Routing:
-    """Top-k routing of router probabilities [T, E] under a per-expert capacity."""
+def route(probs: torch.Tensor, top_k: int, capacity: int, normalize: bool = False) -> Routing:
+    """Top-k routing of router probabilities [T, E] under a per-expert capacity.
+
+    With `normalize`, a token's k gates are its top-k probabilities divided by their sum
+    (GShard's top-2 gating; Mixtral's softmax over the top-k logits is the same); otherwise
+    they are the probabilities themselves (Switch, V-MoE).
+    """
     num_tokens, num_experts = probs.shape
     gate, expert = probs.topk(top_k, dim=-1)
+    if normalize:
+        gate = gate / gate.sum(dim=-1, keepdim=True)
     expert, gate = expert.T.reshape(-1), gate.T.reshape(-1)
     onehot = F.one_hot(expert, num_experts)
     position = (onehot.cumsum(dim=0) * onehot).sum(dim=-1) - 1
@@ -97,11 +105,18 @@ class MixtureOfExperts(nn.Module):
     """
 
     def __init__(
-        self, d_model: int, num_experts: int, top_k: int, capacity_factor: float, hidden: int
+        self,
+        d_model: int,
+        num_experts: int,
+        top_k: int,
+        capacity_factor: float,
+        hidden: int,
+        normalize_gates: bool = False,
     ) -> None:
         super().__init__()
         self.top_k = top_k
         self.capacity_factor = capacity_factor
+        self.normalize_gates = normalize_gates
         self.router = nn.Linear(d_model, num_experts, bias=False)
         self.experts = nn.ModuleList(FeedForward(d_model, hidden) for _ in range(num_experts))
         self._reset_stats()
@@ -116,7 +131,7 @@ class MixtureOfExperts(nn.Module):
         """Outputs [T, d] and the load-balancing loss of tokens [T, d]."""
         probs = torch.softmax(self.router(x), dim=-1)
         capacity = expert_capacity(len(x), len(self.experts), self.top_k, self.capacity_factor)
-        routing = route(probs, self.top_k, capacity)
+        routing = route(probs, self.top_k, capacity, self.normalize_gates)
         out = torch.zeros_like(x)
         for index, expert in enumerate(self.experts):
             chosen = (routing.expert == index) & routing.keep
@@ -183,6 +198,7 @@ class MoETransformerLM(nn.Module):
         capacity_factor: Expert capacity relative to a perfectly balanced load.
         expert_hidden: Hidden width of one expert.
         aux_loss_weight: Weight of the load-balancing loss in the training loss.
+        normalize_gates: Renormalise a token's top-k gates to sum to 1 (GShard).
         dense: Build the dense counterpart: feed-forwards of width top_k * expert_hidden.
     """
 
@@ -198,6 +214,7 @@ class MoETransformerLM(nn.Module):
         capacity_factor: float = 1.25,
         expert_hidden: int = 128,
         aux_loss_weight: float = 0.01,
+        normalize_gates: bool = True,
         dense: bool = False,
     ) -> None:
         super().__init__()
@@ -227,7 +244,9 @@ class MoETransformerLM(nn.Module):
                 num_heads,
                 FeedForward(d_model, top_k * expert_hidden)
                 if dense
-                else MixtureOfExperts(d_model, num_experts, top_k, capacity_factor, expert_hidden),
+                else MixtureOfExperts(
+                    d_model, num_experts, top_k, capacity_factor, expert_hidden, normalize_gates
+                ),
             )
             for _ in range(num_layers)
         )

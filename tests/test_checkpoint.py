@@ -1,0 +1,160 @@
+"""Checkpoints and resume: a run killed at any round resumes to the very same model."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engine.checkpoint import FILE_NAME, Checkpoint, differences, load, run_defining, save
+from engine.errors import ConfigError
+from engine.experiment import as_dict, build_experiment
+from engine.run import _checkpoint_to_resume, with_resume
+from engine.runner import RunStoppedError, run_experiment
+from engine.simulation import Simulation
+from tests.conftest import compose_config
+
+SMOKE = ("experiment=smoke", "rounds=6", "checkpoint.every=2", "eval.every=2")
+# Everything with state: BLT's noise buffers, adaptive clipping's norm, FedAdam's moments, the
+# min-separation ledger and a diurnal clock.
+PRIVATE = (
+    "mechanism=blt",
+    "mechanism.noise_multiplier=0.5",
+    "clipping=adaptive",
+    "aggregation.weighting=uniform",
+    "strategy=fedadam",
+    "participation=min_separation",
+    "participation.min_separation=2",
+    "availability=diurnal",
+    "tracking.participation_log=true",
+)
+
+
+class Killed(BaseException):
+    """Stands for the process being killed (not an Exception: nothing may catch it)."""
+
+
+def _run(out: Path, *overrides: str, resume: bool = False) -> dict[str, Any]:
+    cfg = compose_config(*SMOKE, *overrides)
+    experiment, tracking = build_experiment(cfg)
+    config = as_dict(cfg)
+    checkpoint = _checkpoint_to_resume(str(out), config) if resume else None
+    path = run_experiment(experiment, tracking, out, config, "sha", resume=checkpoint)
+    return json.loads(path.read_text())
+
+
+def _kill_at(monkeypatch: pytest.MonkeyPatch, round_idx: int) -> None:
+    original = Simulation.run_round
+
+    def run_round(self: Simulation, r: int) -> dict[str, float]:
+        if r == round_idx:
+            raise Killed
+        return original(self, r)
+
+    monkeypatch.setattr(Simulation, "run_round", run_round)
+
+
+def _rows(out: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.usefixtures("ray_session")
+@pytest.mark.parametrize(("overrides", "kill_at"), [((), 3), (PRIVATE, 5), (PRIVATE, 2)])
+def test_a_killed_run_resumes_to_the_same_model(tmp_path, monkeypatch, overrides, kill_at):
+    whole = _run(tmp_path / "whole", *overrides)
+    out = tmp_path / "killed"
+    with monkeypatch.context() as patch:
+        _kill_at(patch, kill_at)
+        with pytest.raises(Killed):
+            _run(out, *overrides)
+    checkpoint = load(out)
+    assert checkpoint is not None and checkpoint.rounds_done == kill_at - kill_at % 2
+    resumed = _run(out, *overrides, resume=True)
+    assert resumed["model_sha256"] == whole["model_sha256"]
+    assert [row["round"] for row in _rows(out)] == list(range(6))  # no round lost or doubled
+    for key in ("final/eval_loss", "participation/clients_seen", "system/sim_time_h"):
+        assert resumed[key] == whole[key], key
+    if overrides:  # privacy recomputed from the resumed ledger: the uninterrupted figures
+        assert resumed["privacy/epsilon"] == whole["privacy/epsilon"]
+        assert resumed["participation/observed_min_separation"] >= 2
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_server_death_stops_the_run_naming_the_last_checkpoint(tmp_path, monkeypatch):
+    original = Simulation.run_round
+
+    def run_round(self: Simulation, r: int) -> dict[str, float]:
+        if r == 3:
+            import ray
+
+            ray.kill(self._server)
+        return original(self, r)
+
+    monkeypatch.setattr(Simulation, "run_round", run_round)
+    with pytest.raises(RunStoppedError) as info:
+        _run(tmp_path)
+    message = str(info.value)
+    assert "parameter server died in round 3" in message
+    assert f"{tmp_path / FILE_NAME}" in message and "after round 1" in message
+    assert f"fedray resume={tmp_path}" in message and "\n" not in message
+
+
+def test_checkpoint_is_written_atomically_and_read_back(tmp_path):
+    checkpoint = Checkpoint(3, {"seed": 0}, {"params": 1}, {"now_s": 2.0}, [{"round": 0}], {}, {})
+    path = save(checkpoint, tmp_path)
+    assert path == tmp_path / FILE_NAME and not list(tmp_path.glob("*.tmp"))
+    assert load(tmp_path) == checkpoint
+    assert load(tmp_path / "nowhere") is None
+    path.write_bytes(pickle.dumps({"format": 0}))
+    with pytest.raises(ValueError, match="not a fedray checkpoint"):
+        load(tmp_path)
+    path.write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="not a fedray checkpoint"):
+        load(tmp_path)
+
+
+def test_run_defining_config_leaves_out_where_it_runs_and_logs():
+    config = {"seed": 1, "tracking": {"mode": "offline"}, "cluster": {}, "resume": "x"}
+    assert run_defining(config) == {"seed": 1}
+    saved = {"seed": 1, "mechanism": {"noise_multiplier": 1.0, "seed": 0}, "rounds": 5}
+    current = {"seed": 1, "mechanism": {"noise_multiplier": 2.0, "seed": 0}, "name": "x"}
+    assert differences(saved, current) == ["mechanism.noise_multiplier", "name", "rounds"]
+
+
+# -- bad resume directories --------------------------------------------------------------------
+
+
+def test_resume_of_a_directory_that_is_not_a_run(tmp_path):
+    with pytest.raises(ConfigError, match=r"^resume: .*not a fedray output directory"):
+        with_resume([f"resume={tmp_path}"])
+
+
+def test_resume_reuses_the_runs_overrides_and_refuses_contradictions(tmp_path):
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "overrides.yaml").write_text("- experiment=smoke\n- rounds=6\n")
+    args = with_resume([f"resume={tmp_path}", "rounds=6", "tracking.mode=disabled"])
+    assert args == [
+        "experiment=smoke",
+        "rounds=6",
+        "tracking.mode=disabled",
+        f"resume={tmp_path}",
+        f"hydra.run.dir={tmp_path}",
+    ]
+    with pytest.raises(ConfigError, match=r"was run with rounds=6; it cannot resume as rounds=9"):
+        with_resume([f"resume={tmp_path}", "rounds=9"])
+
+
+def test_resume_of_a_different_config_names_the_keys(tmp_path):
+    config = as_dict(compose_config(*SMOKE))
+    save(Checkpoint(2, run_defining(config), {}, {}, [], {}, {}), tmp_path)
+    other = as_dict(compose_config(*SMOKE, "rounds=7", "training.lr=0.5"))
+    with pytest.raises(ConfigError, match=r"different config \(rounds, training.lr differ\)"):
+        _checkpoint_to_resume(str(tmp_path), other)
+    # Where it runs and where it logs may change.
+    moved = as_dict(compose_config(*SMOKE, "cluster.num_workers=1", "tracking.mode=offline"))
+    assert _checkpoint_to_resume(str(tmp_path), moved) is not None
+    with pytest.raises(ConfigError, match=r"no checkpoint.pkl"):
+        _checkpoint_to_resume(str(tmp_path / "empty"), config)

@@ -1,0 +1,104 @@
+"""Faults cost time, never correctness: crashed workers, failing clients, non-finite updates."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import pytest
+import ray
+
+from engine.aggregation import DenseAggregator
+from engine.errors import ConfigError
+from engine.faults import Faults, InjectedClientError
+from engine.simulation import Simulation
+from engine.workers import ClientWorker
+from tests.conftest import smoke_experiment
+
+SMALL = ("participation.cohort_size=24", "cluster.num_workers=2", "cluster.chunk_size=4")
+
+
+def _run(*overrides: str, rounds: int = 4) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+    """Final weights, the ledger's counts and the rounds' metrics."""
+    with Simulation(smoke_experiment(*SMALL, *overrides)) as sim:
+        metrics = [sim.run_round(r) for r in range(rounds)]
+        return sim.weights(), sim.scheduler.ledger.count.copy(), metrics
+
+
+def _pids(sim: Simulation) -> list[int]:
+    return ray.get([w.__ray_call__.remote(lambda _: os.getpid()) for w in sim._workers])
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_crashing_workers_change_nothing_but_time():
+    weights, counts, _ = _run()
+    with Simulation(smoke_experiment(*SMALL, "faults.worker_crash_prob=0.5")) as sim:
+        before = _pids(sim)
+        for r in range(4):
+            sim.run_round(r)
+        assert _pids(sim) != before  # some worker died and was restarted (P(none) = 1/256)
+        np.testing.assert_array_equal(sim.weights(), weights)
+        np.testing.assert_array_equal(sim.scheduler.ledger.count, counts)
+
+
+def _worker(**faults: Any) -> ClientWorker:
+    exp = smoke_experiment(*SMALL)
+    aggregator = DenseAggregator()
+    return ClientWorker(
+        exp.population, exp.model_factory, exp.training, aggregator, 0, Faults(**faults)
+    )
+
+
+def _weights() -> np.ndarray:
+    exp = smoke_experiment(*SMALL)
+    with_model = exp.model_factory()
+    return np.concatenate([p.detach().numpy().ravel() for p in with_model.parameters()])
+
+
+def test_non_finite_updates_are_rejected_before_clipping_and_never_summed():
+    ids = np.arange(40)
+    weights = _weights()
+    clean = [_worker().train(weights, 0, [np.array([c])])[0] for c in ids]
+    (partial,) = _worker(nan_update_prob=0.3).train(weights, 0, [ids], clip_norm=1.0)
+    rejected = sorted(partial.rejected)
+    assert 0 < len(rejected) < len(ids)
+    assert partial.num_clients == len(ids) - len(rejected)
+    # The sum is exactly the clipped sum of the other clients' updates.
+    (expected,) = _worker().train(weights, 0, [np.setdiff1d(ids, rejected)], clip_norm=1.0)
+    np.testing.assert_array_equal(partial.update_sum, expected.update_sum)
+    assert all(np.isfinite(p.update_sum).all() for p in clean)
+
+
+def test_a_client_that_keeps_failing_is_left_out(capsys):
+    ids = np.arange(30)
+    weights = _weights()
+    (partial,) = _worker(client_failure_prob=0.2).train(weights, 0, [ids])
+    failed = sorted(partial.failed)
+    assert 0 < len(failed) < len(ids) and partial.num_clients == len(ids) - len(failed)
+    (expected,) = _worker().train(weights, 0, [np.setdiff1d(ids, failed)])
+    np.testing.assert_array_equal(partial.update_sum, expected.update_sum)
+    err = capsys.readouterr().err
+    assert f"client {failed[0]} failed 3 times (InjectedClientError" in err
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_failed_clients_are_not_in_the_ledger_and_rejected_ones_are():
+    _, counts, metrics = _run("faults.client_failure_prob=0.2", "faults.nan_update_prob=0.2")
+    failed = sum(m["system/failed_clients"] for m in metrics)
+    rejected = sum(m["system/rejected_updates"] for m in metrics)
+    aggregated = sum(m["participation/clients_aggregated"] for m in metrics)
+    assert failed > 0 and rejected > 0
+    assert aggregated + rejected + failed == 4 * 24
+    # A rejected client's data was seen (its update was computed): it counts for privacy.
+    assert counts.sum() == aggregated + rejected
+
+
+def test_fault_settings_are_validated():
+    with pytest.raises(ConfigError, match="worker_crash_prob: must be in"):
+        Faults(worker_crash_prob=1.0)
+    with pytest.raises(ConfigError, match="client_retries: must be >= 0"):
+        Faults(client_retries=-1)
+    with pytest.raises(InjectedClientError):
+        for client in range(100):
+            Faults(client_failure_prob=0.5).maybe_fail(0, 0, client)
