@@ -26,6 +26,7 @@ from engine.config import register_configs
 from engine.errors import ConfigError
 from engine.experiment import as_dict, build_experiment
 from engine.runner import RunStoppedError, run_experiment, sha256_of
+from engine.settings import Tracking
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
 _MULTIRUN_FLAGS = ("-m", "--multirun")
@@ -138,11 +139,7 @@ def _app(cfg: DictConfig) -> None:
         checkpoint = _checkpoint_to_resume(cfg.resume, config)
     except ConfigError as err:
         raise SystemExit(f"fedray: error: {err}") from None
-    tags: list[str] = []
-    if hydra_cfg.mode == RunMode.MULTIRUN:  # one wandb group per sweep, tagged by overrides
-        sweep = f"{experiment.name}-{Path(hydra_cfg.sweep.dir).name}"
-        tracking = dataclasses.replace(tracking, group=tracking.group or sweep)
-        tags = [override[:64] for override in hydra_cfg.overrides.task]
+    tracking, tags = sweep_tracking(tracking, experiment.name, hydra_cfg)
     defining = OmegaConf.to_yaml(OmegaConf.create(run_defining(config)), sort_keys=True)
     try:
         summary = run_experiment(
@@ -157,6 +154,21 @@ def _app(cfg: DictConfig) -> None:
     except RunStoppedError as err:
         raise SystemExit(f"fedray: error: {err}") from None
     print(summary, flush=True)
+
+
+def sweep_tracking(tracking: Tracking, name: str, hydra_cfg: Any) -> tuple[Tracking, list[str]]:
+    """A sweep job's wandb group (one per sweep) and tags (its overrides); a run's are as set.
+
+    Args:
+        tracking: The job's tracking settings; an explicit `tracking.group` is kept.
+        name: The experiment name.
+        hydra_cfg: `HydraConfig.get()` of the job.
+    """
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        return tracking, []
+    group = tracking.group or f"{name}-{Path(hydra_cfg.sweep.dir).name}"
+    tags = [override[:64] for override in hydra_cfg.overrides.task]  # wandb's longest tag
+    return dataclasses.replace(tracking, group=group), tags
 
 
 def _checkpoint_to_resume(resume: str | None, config: dict[str, Any]) -> Checkpoint | None:

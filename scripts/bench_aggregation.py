@@ -24,8 +24,8 @@ clients are added to one partial per aggregator, as a worker does. Per line:
   (`dense_sum`), timed with perf_counter.
 
 A sparse line's `meets_target` says whether its clients upload >= 20x fewer bytes than dense
-ones (the target at V = 100k with <= 2% of rows per client); `max_ratio` is that ratio if
-clients touched no row at all.
+ones (the target at V = 100k with <= 2% of rows per client; null at other vocabularies);
+`max_ratio` is that ratio if clients touched no row at all.
 
 Usage:
     python scripts/bench_aggregation.py [--vocab-sizes 10000 100000] [--experts 8 32]
@@ -62,6 +62,7 @@ from engine.settings import Cluster
 from engine.simulation import split_chunks
 
 TARGET_RATIO = 20.0
+TARGET_VOCAB = 100_000
 ZIPF_EXPONENT = 1.1
 SCALE = np.float32(1e-3)
 
@@ -196,7 +197,8 @@ def bench_lm(args: argparse.Namespace, vocab: int) -> None:
             ratio = layout.dim * args.cohort * 4 / sum(p.upload_bytes for p in partials)
             floor = layout.dim / span_size(layout.outside_rows)
             out.update(max_ratio=round(floor, 3), target_ratio=TARGET_RATIO)
-            out["meets_target"] = bool(ratio >= TARGET_RATIO)
+            # The target is stated at V = 100k: elsewhere the line only reports the ratio.
+            out["meets_target"] = bool(ratio >= TARGET_RATIO) if vocab == TARGET_VOCAB else None
         return out
 
     aggregators: dict[str, Aggregator] = {"dense": DenseAggregator(), "sparse": SparseAggregator()}

@@ -102,7 +102,7 @@ def test_lm_lines(lines):
     assert sparse["upload_bytes"] == 8 * (4 * dense_part + 40 * (8 + 96 * 4) + 40 * (8 + 4))
     assert 1 < sparse["dense_ratio"] < sparse["max_ratio"]
     assert sparse["target_ratio"] == 20
-    assert isinstance(sparse["meets_target"], bool)
+    assert sparse["meets_target"] is None  # the target is stated at V = 100k only
 
 
 def test_moe_lines(lines):
