@@ -38,16 +38,27 @@ class LocalTraining:
         epochs: Passes over the client's examples.
         batch_size: Examples per step; the last batch of an epoch may be smaller.
         lr: Client learning rate.
+        momentum: Heavy-ball momentum m of local SGD (v = m v + g; w -= lr v); 0 for plain SGD.
+        vectorise: "auto" trains a chunk's clients as one batched computation when the model
+            supports it (`engine.vectorised`), "on" requires it, "off" loops over clients.
+        vectorise_memory_mb: Memory budget of one vectorised group of clients.
     """
 
     epochs: int = 1
     batch_size: int = 10
     lr: float = 0.1
+    momentum: float = 0.0
+    vectorise: str = "auto"
+    vectorise_memory_mb: float = 256.0
 
     def __post_init__(self) -> None:
         require(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
         require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
         require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+        require(0 <= self.momentum < 1, "momentum", f"must be in [0, 1), got {self.momentum}")
+        modes = ("auto", "on", "off")
+        require(self.vectorise in modes, "vectorise", f"must be one of {modes}")
+        require(self.vectorise_memory_mb > 0, "vectorise_memory_mb", "must be > 0")
 
 
 @dataclass(frozen=True)
@@ -127,14 +138,20 @@ def train_client(
     begin_client(model, x, y)
     round_stats(model)  # discards what earlier calls (e.g. an evaluation) accumulated
     loss_sum = 0.0
+    velocity: dict[int, torch.Tensor] = {}
     for _ in range(training.epochs):
         order = torch.from_numpy(rng.permutation(len(data)))
         for batch in order.split(training.batch_size):
             loss = training_loss(model, x[batch], y[batch])
             grads = torch.autograd.grad(loss, weights, allow_unused=True)
-            used = [(w, g) for w, g in zip(weights, grads, strict=True) if g is not None]
+            used = [(i, g) for i, g in enumerate(grads) if g is not None]
+            if training.momentum:
+                for i, g in used:
+                    velocity[i] = velocity[i] * training.momentum + g if i in velocity else g
+                used = [(i, velocity[i]) for i, _ in used]
             with torch.no_grad():
-                torch._foreach_add_([w for w, _ in used], [g for _, g in used], alpha=-training.lr)
+                steps = [g for _, g in used]
+                torch._foreach_add_([weights[i] for i, _ in used], steps, alpha=-training.lr)
             loss_sum += loss.item() * len(batch)
     with torch.no_grad():
         delta = nn.utils.parameters_to_vector(weights) - params

@@ -22,6 +22,7 @@ from engine.client import LocalTraining
 from engine.clock import RoundClock
 from engine.datasets import (
     DigitsDirichlet,
+    FemnistLikePopulation,
     H5Population,
     LeafPopulation,
     ShakespearePopulation,
@@ -31,7 +32,7 @@ from engine.datasets.ratings import RatingsPopulation
 from engine.devices import LognormalDevices
 from engine.faults import Faults
 from engine.fedscale import FedScaleAvailability, FedScaleDevices
-from engine.models import MLP, LogisticRegression, MoETransformerLM, NextWordLM
+from engine.models import CNN, MLP, LogisticRegression, MoETransformerLM, NextWordLM
 from engine.models.recommender import ReconstructionMF
 from engine.participation import CyclicParticipation, UniformParticipation
 from engine.population import SyntheticPopulation
@@ -54,6 +55,7 @@ COMPONENTS: tuple[tuple[str, str, Callable[..., Any]], ...] = (
     ("population", "zipf_text", ZipfTextPopulation),
     ("population", "shakespeare", ShakespearePopulation),
     ("population", "ratings", RatingsPopulation),
+    ("population", "femnist", FemnistLikePopulation),
     ("availability", "always", AlwaysAvailable),
     ("availability", "diurnal", DiurnalAvailability),
     ("availability", "markov", MarkovAvailability),
@@ -68,6 +70,7 @@ COMPONENTS: tuple[tuple[str, str, Callable[..., Any]], ...] = (
     ("devices", "fedscale", FedScaleDevices),
     ("model", "logreg", LogisticRegression),
     ("model", "mlp", MLP),
+    ("model", "cnn", CNN),
     ("model", "lm", NextWordLM),
     ("model", "moe_lm", MoETransformerLM),
     ("model", "mf_recon", ReconstructionMF),

@@ -25,6 +25,7 @@ from engine.participation import ParticipationBound, ParticipationPolicy
 from engine.population import Population
 from engine.rng import require_seed
 from engine.settings import Checkpointing, Cluster, Evaluation, Privacy, Tracking
+from engine.vectorised import supports_vectorised
 from mechanisms.accounting import noise_for_epsilon, planned, resolved_participations
 from mechanisms.base import Mechanism
 from mechanisms.clipping import Clipping
@@ -239,6 +240,14 @@ def _check_consistent(experiment: Experiment) -> None:
         "participation.cohort_size",
         f"{cohort} is larger than the {largest} clients a round may choose from",
     )
+    if experiment.training.vectorise == "on":
+        model = experiment.model_factory()
+        require(
+            supports_vectorised(model),
+            "training.vectorise",
+            f"'on' needs a model without per-client hooks; {type(model).__name__} has them "
+            "(use auto or off)",
+        )
 
 
 def _round_up(value: float, digits: int = 4) -> float:

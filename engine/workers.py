@@ -9,8 +9,10 @@ its call retried.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import sys
 from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -30,7 +32,10 @@ from engine.models.layout import ParameterLayout
 from engine.placement import assigned_device
 from engine.population import ClientData, Population
 from engine.rng import Stream, generator
+from engine.vectorised import supports_vectorised, train_clients
 from mechanisms.clipping import clip_update
+
+T = TypeVar("T")
 
 
 class ClientWorker:
@@ -64,6 +69,8 @@ class ClientWorker:
         self._aggregator = aggregator
         self._seed = seed
         self._faults = faults or Faults()
+        mode = training.vectorise
+        self._vectorised = mode == "on" or (mode == "auto" and supports_vectorised(self._model))
         self._eval_data: tuple[bytes, ClientData] | None = None
         self._eval_parts: list[ClientData] = []
 
@@ -86,8 +93,9 @@ class ClientWorker:
         for chunk in chunks:
             partial = self._aggregator.zeros(len(params), self._layout)
             partial.clip_norm = clip_norm
-            for client_id in chunk.tolist():
-                update = self._train_client(params, round_idx, client_id)
+            for client_id, update in zip(
+                chunk.tolist(), self._chunk_updates(params, round_idx, chunk), strict=True
+            ):
                 if update is None:
                     partial.failed.append(client_id)
                 elif not np.isfinite(update.delta).all():
@@ -102,31 +110,60 @@ class ClientWorker:
         self._faults.maybe_crash(self._seed, round_idx, first_client)  # before returning
         return partials
 
-    def _train_client(
-        self, params: torch.Tensor, round_idx: int, client_id: int
-    ) -> ClientUpdate | None:
-        """One client's update, retried `faults.client_retries` times if training raises.
+    def _chunk_updates(
+        self, params: torch.Tensor, round_idx: int, chunk: np.ndarray
+    ) -> list[ClientUpdate | None]:
+        """The chunk's client updates in order; None for a client that failed.
 
-        Returns None (the client failed this round) when every attempt raised; the first
-        error is reported on stderr. A failed or retried attempt leaves nothing behind: each
-        attempt starts again from `params` and the client's own seeded stream.
+        Vectorised: the clients' data is built one by one (a client that keeps failing is left
+        out), then all are trained together. Otherwise each client is built and trained alone.
         """
-        faults = self._faults
-        for attempt in range(faults.client_retries + 1):
-            rng = generator(self._seed, Stream.CLIENT_TRAIN, round_idx, client_id)
+        ids = chunk.tolist()
+        if not self._vectorised:
+            train = functools.partial(self._train_one, params, round_idx)
+            return [self._attempt(round_idx, c, functools.partial(train, c)) for c in ids]
+        build = functools.partial(self._client_data, round_idx)
+        datas = [self._attempt(round_idx, c, functools.partial(build, c)) for c in ids]
+        built = [(c, d) for c, d in zip(ids, datas, strict=True) if d is not None]
+        rngs = [generator(self._seed, Stream.CLIENT_TRAIN, round_idx, c) for c, _ in built]
+        trained = iter(
+            train_clients(self._model, params, [d for _, d in built], self._training, rngs)
+        )
+        faults, seed = self._faults, self._seed
+        return [
+            None if d is None else faults.maybe_poison(next(trained), seed, round_idx, c)
+            for c, d in zip(ids, datas, strict=True)
+        ]
+
+    def _client_data(self, round_idx: int, client_id: int) -> ClientData:
+        """The client's examples (where an injected client failure strikes)."""
+        self._faults.maybe_fail(self._seed, round_idx, client_id)
+        return self._population.client_data(client_id)
+
+    def _train_one(self, params: torch.Tensor, round_idx: int, client_id: int) -> ClientUpdate:
+        """One client's update by the per-client loop."""
+        data = self._client_data(round_idx, client_id)
+        rng = generator(self._seed, Stream.CLIENT_TRAIN, round_idx, client_id)
+        update = train_client(self._model, params, data, self._training, rng)
+        return self._faults.maybe_poison(update, self._seed, round_idx, client_id)
+
+    def _attempt(self, round_idx: int, client_id: int, work: Callable[[], T]) -> T | None:
+        """`work()`, retried `faults.client_retries` times if it raises; None if it never ran.
+
+        The first error is reported on stderr. A failed attempt leaves nothing behind: each
+        starts again from the round's weights and the client's own seeded stream.
+        """
+        retries = self._faults.client_retries
+        for attempt in range(retries + 1):
             try:
-                faults.maybe_fail(self._seed, round_idx, client_id)
-                data = self._population.client_data(client_id)
-                update = train_client(self._model, params, data, self._training, rng)
+                return work()
             except Exception as error:  # a client's failure must not fail its round
-                if attempt == faults.client_retries:
+                if attempt == retries:
                     print(
                         f"fedray: round {round_idx}: client {client_id} failed "
                         f"{attempt + 1} times ({type(error).__name__}: {error}); left out",
                         file=sys.stderr,
                     )
-                continue
-            return faults.maybe_poison(update, self._seed, round_idx, client_id)
         return None
 
     def evaluate(self, weights: np.ndarray, client_ids: np.ndarray) -> EvalStats:

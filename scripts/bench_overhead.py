@@ -7,13 +7,16 @@ Runs the same FedAvg workload (logistic regression on the synthetic population) 
 - ``fedray_w1``: fedray with 1 client worker;
 - ``fedray_w2``: fedray with 2 client workers.
 
-Every (system, population, cohort) case runs in its own fresh subprocess, so that its cold start
-and the driver's peak RSS are its own and Ray starts clean. Floor cases run first; each fedray line
-then carries its overhead above the floor of the same population and cohort.
+Each runs with the vectorised client path (`training.vectorise=on`, a chunk's clients as one
+batched computation) and with the per-client loop (`off`). Every (system, population, cohort,
+path) case runs in its own fresh subprocess, so that its cold start and the driver's peak RSS are
+its own and Ray starts clean. Floor cases run first; each fedray line then carries its overhead
+above the floor of the same population, cohort and path, and each vectorised line its speed-up
+over the loop (`speedup_vs_loop`, the loop's steady round time over its own).
 
 Usage:
     python scripts/bench_overhead.py [--populations 1000,100000,1000000] [--cohorts 10,100]
-        [--rounds 30] [--systems floor,fedray_w1,fedray_w2] [--seed 0]
+        [--rounds 30] [--systems floor,fedray_w1,fedray_w2] [--vectorise on,off] [--seed 0]
 """
 
 from __future__ import annotations
@@ -58,12 +61,18 @@ from mechanisms.noiseless import NoNoise
 from strategies.fedavg import FedAvg
 
 SYSTEMS = ("floor", "fedray_w1", "fedray_w2")
+VECTORISE = ("off", "on")
 WORKERS = {"floor": 1, "fedray_w1": 1, "fedray_w2": 2}
 EVAL_CLIENTS = 100
 
 
 def build_experiment(
-    num_clients: int, cohort_size: int, rounds: int, seed: int, num_workers: int = 1
+    num_clients: int,
+    cohort_size: int,
+    rounds: int,
+    seed: int,
+    num_workers: int = 1,
+    vectorise: str = "auto",
 ) -> Experiment:
     """The benchmark's FedAvg experiment on logistic regression, built without Hydra.
 
@@ -73,6 +82,7 @@ def build_experiment(
         rounds: Rounds to run.
         seed: Run seed (also the population's seed).
         num_workers: fedray client workers (ignored by the floor).
+        vectorise: The client path (`LocalTraining.vectorise`).
     """
     return Experiment(
         name="bench_overhead",
@@ -86,7 +96,7 @@ def build_experiment(
         privacy=Privacy(),
         devices=LognormalDevices(seed=seed),
         model_factory=functools.partial(LogisticRegression, 60, 10),
-        training=LocalTraining(),
+        training=LocalTraining(vectorise=vectorise),
         aggregation=DenseAggregator(),
         strategy=FedAvg(),
         mechanism=NoNoise(),
@@ -158,6 +168,7 @@ class Case:
         cohort_size: Clients per round.
         rounds: Rounds to run, the first of which is excluded from the steady statistics.
         seed: Run seed.
+        vectorise: "on" (the vectorised client path) or "off" (the per-client loop).
     """
 
     system: str
@@ -165,6 +176,7 @@ class Case:
     cohort_size: int
     rounds: int
     seed: int
+    vectorise: str = "on"
 
     def argv(self) -> list[str]:
         """The command line that runs this case in a fresh interpreter."""
@@ -173,6 +185,7 @@ class Case:
             __file__,
             *("--case", self.system, str(self.num_clients), str(self.cohort_size)),
             *("--rounds", str(self.rounds), "--seed", str(self.seed)),
+            *("--vectorise", self.vectorise),
         ]
 
 
@@ -201,7 +214,12 @@ def run_case(case: Case) -> dict[str, Any]:
     start = time.perf_counter()
     since_process = time.time() - psutil.Process().create_time()
     experiment = build_experiment(
-        case.num_clients, case.cohort_size, case.rounds, case.seed, WORKERS[case.system]
+        case.num_clients,
+        case.cohort_size,
+        case.rounds,
+        case.seed,
+        WORKERS[case.system],
+        case.vectorise,
     )
     runner = _start(case, experiment)
     ends, durations = [], []
@@ -217,6 +235,7 @@ def run_case(case: Case) -> dict[str, Any]:
     return {
         "bench": "overhead",
         "system": case.system,
+        "vectorise": case.vectorise,
         "num_clients": case.num_clients,
         "cohort_size": case.cohort_size,
         "rounds": case.rounds,
@@ -253,24 +272,33 @@ def _with_floor(result: dict[str, Any], floor_s: float | None) -> dict[str, Any]
 
 def run_all(cases: Sequence[Case]) -> None:
     """Runs every case in a subprocess, printing one JSON line per case as it finishes."""
-    floors: dict[tuple[int, int], float] = {}
+    floors: dict[tuple[int, int, str], float] = {}
+    loops: dict[tuple[str, int, int], float] = {}
     for i, case in enumerate(cases, 1):
         print(f"[{i}/{len(cases)}] {case}", file=sys.stderr, flush=True)
         result = _run_child(case)
-        key = (case.num_clients, case.cohort_size)
+        key = (case.num_clients, case.cohort_size, case.vectorise)
         if case.system == "floor":
             floors[key] = result["steady_round_s"]
-        print(json.dumps(_with_floor(result, floors.get(key))), flush=True)
+        same = (case.system, case.num_clients, case.cohort_size)
+        if case.vectorise == "off":
+            loops[same] = result["steady_round_s"]
+        line = _with_floor(result, floors.get(key))
+        if case.vectorise == "on" and same in loops:
+            line["speedup_vs_loop"] = round(loops[same] / result["steady_round_s"], 3)
+        print(json.dumps(line), flush=True)
 
 
 def plan(args: argparse.Namespace) -> list[Case]:
-    """The cases to run: every system x population x cohort, floor cases first."""
+    """The cases: every system x population x cohort x path; floors first, loops before."""
     systems = sorted(_csv(args.systems, str), key=SYSTEMS.index)
+    modes = sorted(_csv(args.vectorise, str), key=VECTORISE.index)
     return [
-        Case(system, num_clients, cohort, args.rounds, args.seed)
+        Case(system, num_clients, cohort, args.rounds, args.seed, mode)
         for system in systems
         for num_clients in _csv(args.populations, int)
         for cohort in _csv(args.cohorts, int)
+        for mode in modes
     ]
 
 
@@ -285,6 +313,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--cohorts", default="10,100")
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--systems", default=",".join(SYSTEMS))
+    parser.add_argument("--vectorise", default="on,off", help="client paths: on, off or both")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--case", nargs=3, metavar=("SYSTEM", "N", "COHORT"), help="internal")
     args = parser.parse_args(argv)
@@ -293,6 +322,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     unknown = set(_csv(args.systems, str)) - set(SYSTEMS)
     if unknown:
         parser.error(f"unknown systems {sorted(unknown)}; choose from {SYSTEMS}")
+    if not set(_csv(args.vectorise, str)) <= set(VECTORISE) or not _csv(args.vectorise, str):
+        parser.error(f"--vectorise must list some of {VECTORISE}")
     return args
 
 
@@ -303,7 +334,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         run_all(plan(args))
         return
     system, num_clients, cohort = args.case
-    case = Case(system, int(num_clients), int(cohort), args.rounds, args.seed)
+    case = Case(system, int(num_clients), int(cohort), args.rounds, args.seed, args.vectorise)
     print(json.dumps(run_case(case)), flush=True)
 
 

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# GPU check, at most 5 minutes: a short MoE LM simulation with 4 client workers sharing one GPU
-# (0.25 each) and the parameter server on the GPU; prints throughput and peak GPU memory. First
-# runs tests/test_gpu.py (GPU results equal CPU ones to float rounding), skipped on CPU runs.
+# GPU check, at most 5 minutes. First tests/test_gpu.py (GPU results equal CPU ones to float
+# rounding), then three short runs with the parameter server on the GPU, each printing client
+# updates per second and peak GPU memory as one JSON line: the MoE LM with 4 client workers
+# sharing the GPU (0.25 each); the vectorised FEMNIST-like CNN with one worker on the whole GPU,
+# then with 4 workers at 0.25 each.
 #
 # Needs a CUDA build of torch in the environment (`make test` installs the CPU build; a GPU
 # user installs CUDA torch over it). Usage: bash scripts/gpu_check.sh [extra fedray overrides]
@@ -10,6 +12,7 @@ cd "$(dirname "$0")/.."
 FEDRAY=${FEDRAY:-.venv/bin/fedray}
 PYTHON=${PYTHON:-.venv/bin/python}
 OUT=$(mktemp -d)
+SMI=
 trap 'kill "$SMI" 2>/dev/null || true; rm -rf "$OUT"' EXIT
 
 "$PYTHON" -c 'import torch, sys; ok = torch.cuda.is_available(); print("cuda:", ok, torch.__version__, torch.cuda.get_device_name(0) if ok else ""); sys.exit(0 if ok else 1)'
@@ -17,26 +20,40 @@ trap 'kill "$SMI" 2>/dev/null || true; rm -rf "$OUT"' EXIT
 # The GPU paths against the CPU's results (server on the device, client training on it).
 "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_gpu.py
 
-nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 250 > "$OUT/memory.csv" &
-SMI=$!
-
-timeout 270 "$FEDRAY" experiment=moe_lm rounds=20 participation.cohort_size=64 \
-  cluster.num_workers=4 cluster.gpus_per_worker=0.25 cluster.server_gpu=true \
-  tracking.mode=disabled tracking.progress=false hydra.run.dir="$OUT/run" "$@" | tail -1
-
-kill "$SMI" 2>/dev/null || true
-"$PYTHON" - "$OUT" <<'PY'
+# One case: a fedray run with its own nvidia-smi sampler; prints one JSON line.
+#   check NAME WORKERS GPUS_PER_WORKER TIMEOUT_S overrides...
+check() {
+  local name=$1 workers=$2 fraction=$3 limit=$4
+  shift 4
+  nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 250 > "$OUT/$name.csv" &
+  SMI=$!
+  timeout "$limit" "$FEDRAY" "$@" cluster.num_workers="$workers" \
+    cluster.gpus_per_worker="$fraction" cluster.server_gpu=true \
+    tracking.mode=disabled tracking.progress=false hydra.run.dir="$OUT/$name" | tail -1
+  kill "$SMI" 2>/dev/null || true
+  "$PYTHON" - "$OUT" "$name" "$workers" "$fraction" <<'PY'
 import json, sys
-out = sys.argv[1]
-summary = json.load(open(f"{out}/run/summary.json"))
-memory = [int(line) for line in open(f"{out}/memory.csv") if line.strip().isdigit()]
+out, name, workers, fraction = sys.argv[1:]
+summary = json.load(open(f"{out}/{name}/summary.json"))
+memory = [int(line) for line in open(f"{out}/{name}.csv") if line.strip().isdigit()]
 print(json.dumps({
     "check": "gpu",
-    "workers": 4,
-    "gpus_per_worker": 0.25,
+    "case": name,
+    "workers": int(workers),
+    "gpus_per_worker": float(fraction),
     "client_updates_per_s": summary["system/client_updates_per_s"],
     "total_s": summary["system/total_s"],
+    "eval_accuracy_final": summary.get("final/eval_accuracy"),
     "eval_perplexity_final": summary.get("final/eval_perplexity"),
     "peak_gpu_memory_mib": max(memory, default=None),
 }))
 PY
+}
+
+# The MoE LM: 4 workers sharing the GPU, the server on it.
+check moe_lm 4 0.25 100 experiment=moe_lm rounds=20 participation.cohort_size=64 "$@"
+# The vectorised CNN (FEMNIST-like): one worker on the whole GPU, then 4 at 0.25 each.
+CNN=(population=femnist model=cnn training.vectorise=on training.lr=0.05 rounds=20
+  participation.cohort_size=200 eval.num_clients=200)
+check cnn_w1 1 1 80 "${CNN[@]}" "$@"
+check cnn_w4 4 0.25 80 "${CNN[@]}" "$@"

@@ -19,6 +19,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_overhead.py"
 KEYS = {
     "bench",
     "system",
+    "vectorise",
     "num_clients",
     "cohort_size",
     "rounds",
@@ -60,25 +61,36 @@ def lines() -> list[dict[str, Any]]:
 
 
 def test_script_prints_one_json_line_per_case_with_the_floor_first(lines):
-    assert [line["system"] for line in lines] == ["floor", "fedray_w1"]
+    assert [(line["system"], line["vectorise"]) for line in lines] == [
+        ("floor", "off"),
+        ("floor", "on"),
+        ("fedray_w1", "off"),
+        ("fedray_w1", "on"),
+    ]
     for line in lines:
-        assert set(line) == KEYS
+        assert set(line) == KEYS | ({"speedup_vs_loop"} if line["vectorise"] == "on" else set())
         assert line["bench"] == "overhead"
         assert (line["num_clients"], line["cohort_size"], line["rounds"]) == (1000, 10, 3)
         for key in ("steady_round_s", "steady_round_s_mean", "steady_round_s_p90"):
             assert line[key] > 0
         assert 0 < line["cold_start_s"] < line["cold_start_process_s"]
         assert line["driver_peak_rss_mib"] > 0
-        assert line["floor_steady_round_s"] == lines[0]["steady_round_s"]
+        floor = lines[0 if line["vectorise"] == "off" else 1]
+        assert line["floor_steady_round_s"] == floor["steady_round_s"]
         assert line["ratio_to_floor"] > 0
-    assert lines[0]["ratio_to_floor"] == 1.0
+    assert lines[0]["ratio_to_floor"] == lines[1]["ratio_to_floor"] == 1.0
+    for loop, vectorised in (lines[0:2], lines[2:4]):
+        assert vectorised["speedup_vs_loop"] == pytest.approx(
+            loop["steady_round_s"] / vectorised["steady_round_s"], rel=1e-2
+        )
     # The floor does fedray's arithmetic in the same order: bit-identical final weights.
-    assert lines[0]["model_sha256"] == lines[1]["model_sha256"]
+    assert lines[0]["model_sha256"] == lines[2]["model_sha256"]
+    assert lines[1]["model_sha256"] == lines[3]["model_sha256"]
 
 
 def test_floor_weights_are_deterministic_and_match_the_floor_case(lines):
     bench = _load_script()
-    experiment = bench.build_experiment(1000, 10, rounds=3, seed=0)
+    experiment = bench.build_experiment(1000, 10, rounds=3, seed=0, vectorise="off")
     threads = torch.get_num_threads()
     try:
         first, second = bench.floor_weights(experiment), bench.floor_weights(experiment)

@@ -29,9 +29,10 @@ GROUPS = (
     "strategy",
 )
 # What an option needs beside it: private mechanisms need clipping, clipping uniform weights.
-NEEDS = {
+NEEDS: dict[str | tuple[str, str], tuple[str, ...]] = {
     "mechanism": ("clipping=fixed", "aggregation.weighting=uniform"),
     "clipping": ("aggregation.weighting=uniform",),
+    ("model", "cnn"): ("population=femnist",),  # 28 x 28 inputs
 }
 OPTIONS = [
     (group, path.stem)
@@ -43,7 +44,7 @@ OPTIONS = [
 
 @pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
 def test_every_option_composes_and_builds(group, option):
-    extra = NEEDS.get(group, ()) if option != "none" else ()
+    extra = NEEDS.get((group, option), NEEDS.get(group, ()) if option != "none" else ())
     experiment, _ = build_experiment(
         compose_config("experiment=smoke", f"{group}={option}", *extra)
     )

@@ -13,9 +13,10 @@ import torch
 
 from engine.aggregation import DenseAggregator
 from engine.client import ClientUpdate, LocalTraining, train_client
-from engine.models import MoETransformerLM, flatten, init_parameters
+from engine.models import CNN, MoETransformerLM, flatten, init_parameters
 from engine.population import ClientData
 from engine.server import ParameterServer
+from engine.vectorised import train_clients
 from mechanisms.clipping import FixedClipping
 from mechanisms.gaussian import GaussianMechanism
 from strategies.fedopt import FedAdam
@@ -61,3 +62,21 @@ def test_client_training_on_the_gpu_matches_the_cpu():
         update = train_client(model.to(device), params, data, training, np.random.default_rng(2))
         deltas.append(update.delta)
     np.testing.assert_allclose(deltas[1], deltas[0], rtol=1e-3, atol=1e-5)
+
+
+def test_vectorised_cnn_training_on_the_gpu_matches_the_cpu():
+    model = CNN(784, 62)
+    init_parameters(model, 0)
+    params = torch.from_numpy(flatten(model))
+    rng = np.random.default_rng(3)
+    datas = [
+        ClientData(rng.random((n, 784), dtype=np.float32), rng.integers(0, 62, n))
+        for n in (5, 17, 9)
+    ]
+    training = LocalTraining(epochs=1, batch_size=4, lr=0.05)
+    updates = {}
+    for device in ("cpu", "cuda"):
+        rngs = [np.random.default_rng([1, i]) for i in range(3)]
+        updates[device] = train_clients(model.to(device), params.to(device), datas, training, rngs)
+    for gpu, cpu in zip(updates["cuda"], updates["cpu"], strict=True):
+        np.testing.assert_allclose(gpu.delta, cpu.delta, rtol=1e-3, atol=1e-5)

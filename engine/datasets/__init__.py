@@ -6,6 +6,7 @@ that population loads its data.
 
 from engine.datasets.arrays import ArrayPopulation, FederatedArrays, Partition
 from engine.datasets.digits import DigitsDirichlet
+from engine.datasets.femnist import FemnistLikePopulation
 from engine.datasets.leaf import LeafPopulation, read_leaf
 from engine.datasets.partition import dirichlet_partition, iid_partition, split_clients
 from engine.datasets.shakespeare import ShakespearePopulation, read_shakespeare
@@ -16,6 +17,7 @@ __all__ = [
     "ArrayPopulation",
     "DigitsDirichlet",
     "FederatedArrays",
+    "FemnistLikePopulation",
     "H5Population",
     "LeafPopulation",
     "Partition",

@@ -21,12 +21,13 @@ Structural queries some models answer for sparse or per-expert aggregation:
 names.
 """
 
-from engine.models.classifiers import MLP, LogisticRegression
+from engine.models.classifiers import CNN, MLP, LogisticRegression
 from engine.models.lm import NextWordLM
 from engine.models.moe import MoETransformerLM
 from engine.models.params import assign_flat, flatten, init_parameters
 
 __all__ = [
+    "CNN",
     "MLP",
     "LogisticRegression",
     "MoETransformerLM",
