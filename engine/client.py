@@ -39,8 +39,10 @@ class LocalTraining:
         batch_size: Examples per step; the last batch of an epoch may be smaller.
         lr: Client learning rate.
         momentum: Heavy-ball momentum m of local SGD (v = m v + g; w -= lr v); 0 for plain SGD.
-        vectorise: "auto" trains a chunk's clients as one batched computation when the model
-            supports it (`engine.vectorised`), "on" requires it, "off" loops over clients.
+        vectorise: "on" trains a worker's clients as batched computations
+            (`engine.vectorised`), "off" loops over clients, "auto" vectorises on a GPU when
+            the model supports it and loops on a CPU (where the loop measured faster for
+            heavy-tailed client sizes: see scripts/bench_overhead.py).
         vectorise_memory_mb: Memory budget of one vectorised group of clients.
     """
 

@@ -88,8 +88,30 @@ class Population(ABC):
         return ClientRegistry(num_examples=counts)
 
 
+class LognormalExamples:
+    """Mixin of populations whose example counts are lognormal, from the fields below."""
+
+    seed: int
+    median_examples: float
+    sigma_examples: float
+    min_examples: int
+    max_examples: int
+
+    def num_examples(self, ids: np.ndarray) -> np.ndarray:
+        """Lognormal example counts, a pure function of (seed, id)."""
+        return lognormal_counts(
+            self.seed,
+            Stream.CLIENT_SIZE,
+            ids,
+            self.median_examples,
+            self.sigma_examples,
+            self.min_examples,
+            self.max_examples,
+        )
+
+
 @dataclass(frozen=True)
-class SyntheticPopulation(Population):
+class SyntheticPopulation(LognormalExamples, Population):
     """Non-IID synthetic classification in the style of LEAF's Synthetic(alpha, beta).
 
     A global linear model (W*, b*) is drawn from the seed. Client k perturbs it,
@@ -141,18 +163,6 @@ class SyntheticPopulation(Population):
         bias = rng.standard_normal(self.num_classes)
         feature_std = np.arange(1, self.num_features + 1, dtype=np.float64) ** -0.6
         return weights, bias, feature_std
-
-    def num_examples(self, ids: np.ndarray) -> np.ndarray:
-        """Lognormal example counts, a pure function of (seed, id)."""
-        return lognormal_counts(
-            self.seed,
-            Stream.CLIENT_SIZE,
-            ids,
-            self.median_examples,
-            self.sigma_examples,
-            self.min_examples,
-            self.max_examples,
-        )
 
     def client_data(self, client_id: int) -> ClientData:
         """Builds client `client_id`'s examples."""

@@ -10,7 +10,8 @@ split into `batch_size` batches), so both paths compute the same update to float
 Clients have different example counts: every step's batch is padded to a common width and
 masked (a padded example adds nothing to the loss or its gradient), and a client whose steps
 are used up takes masked no-op steps (no move, momentum included). Groups are formed from
-clients of similar step counts (bucketing), at most as many as a memory budget allows.
+clients of similar step counts (bucketing), at most as many as a memory budget allows; a
+bucket of fewer than `MIN_GROUP` clients trains on the per-client loop instead.
 
 Models qualify when they have none of the per-client hooks (`loss`, `begin_client`,
 `round_stats`): their training loss is the mean cross-entropy of `forward`.
@@ -26,10 +27,13 @@ from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 from torch.nn import functional as F  # noqa: N812
 
-from engine.client import ClientUpdate, LocalTraining
+from engine.client import ClientUpdate, LocalTraining, train_client
 from engine.population import ClientData
 
 _HOOKS = ("loss", "begin_client", "round_stats")
+# Fewest clients a batched group takes: a batched step costs about as much as a step of ~5
+# small clients on the loop (one CPU thread, logistic regression), so smaller groups loop.
+MIN_GROUP = 8
 
 
 def supports_vectorised(model: nn.Module) -> bool:
@@ -66,9 +70,23 @@ def batch_plan(
 
 
 def group_clients(step_counts: Sequence[int], max_group: int) -> list[np.ndarray]:
-    """Client positions grouped by similar step counts, at most `max_group` per group."""
-    order = np.argsort(np.asarray(step_counts), kind="stable")
-    return [order[i : i + max_group] for i in range(0, len(order), max(1, max_group))]
+    """Client positions in buckets of similar step counts, at most `max_group` per bucket.
+
+    A bucket's clients take at most twice the steps of its first (fewest), so padding at most
+    doubles the steps computed, however heavy-tailed the example counts are.
+    """
+    counts = np.asarray(step_counts)
+    groups: list[np.ndarray] = []
+    current: list[int] = []
+    for position in np.argsort(counts, kind="stable").tolist():
+        full = len(current) >= max(1, max_group)
+        if current and (full or counts[position] > 2 * max(int(counts[current[0]]), 1)):
+            groups.append(np.array(current, dtype=np.int64))
+            current = []
+        current.append(position)
+    if current:
+        groups.append(np.array(current, dtype=np.int64))
+    return groups
 
 
 def max_group_size(num_params: int, example_numel: int, width: int, memory_mb: float) -> int:
@@ -105,9 +123,12 @@ def train_clients(
     example_numel = int(np.prod(datas[0].x.shape[1:])) if datas else 1
     limit = max_group_size(len(params), example_numel, width, training.vectorise_memory_mb)
     updates: list[ClientUpdate | None] = [None] * len(datas)
-    plans = [batch_plan([n], training, [rng]) for n, rng in zip(sizes, rngs, strict=True)]
     for group in group_clients(steps, limit):
-        trained = _train_group(model, params, datas, plans, group, training)
+        if len(group) < MIN_GROUP:  # too few to pay for the batched call: the loop is faster
+            trained = [train_client(model, params, datas[p], training, rngs[p]) for p in group]
+        else:
+            plans = {int(p): batch_plan([sizes[p]], training, [rngs[p]]) for p in group}
+            trained = _train_group(model, params, datas, plans, group, training)
         for position, update in zip(group, trained, strict=True):
             updates[int(position)] = update
     return [u for u in updates if u is not None]
@@ -117,7 +138,7 @@ def _train_group(
     model: nn.Module,
     params: torch.Tensor,
     datas: Sequence[ClientData],
-    plans: Sequence[tuple[np.ndarray, np.ndarray]],
+    plans: dict[int, tuple[np.ndarray, np.ndarray]],
     group: np.ndarray,
     training: LocalTraining,
 ) -> list[ClientUpdate]:

@@ -8,6 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from engine import vectorised
 from engine.aggregation import DenseAggregator
 from engine.client import LocalTraining, train_client
 from engine.datasets import FemnistLikePopulation
@@ -23,6 +24,13 @@ from engine.vectorised import (
 )
 from engine.workers import ClientWorker
 from tests.conftest import smoke_experiment
+
+
+@pytest.fixture(autouse=True)
+def _batched_even_when_few(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every group takes the batched path here, however small (not the loop fallback)."""
+    monkeypatch.setattr(vectorised, "MIN_GROUP", 1)
+
 
 TRAININGS = [
     LocalTraining(epochs=2, batch_size=8, lr=0.1),

@@ -16,8 +16,8 @@ from functools import cached_property
 import numpy as np
 
 from engine.errors import require
-from engine.population import ClientData, Population
-from engine.rng import Stream, generator, lognormal_counts, require_seed
+from engine.population import ClientData, LognormalExamples, Population
+from engine.rng import Stream, generator, require_seed
 
 SIDE = 28
 _STROKES = 3
@@ -49,7 +49,7 @@ def blurred(images: np.ndarray) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class FemnistLikePopulation(Population):
+class FemnistLikePopulation(LognormalExamples, Population):
     """Writers of 28 x 28 characters (see the module docstring); x is flat float32 [n, 784].
 
     Attributes:
@@ -96,18 +96,6 @@ class FemnistLikePopulation(Population):
         """The class glyphs and their blurred (thick-pen) versions, [C, 28, 28] each."""
         sharp = glyphs(self.seed, self.num_classes)
         return sharp, blurred(sharp)
-
-    def num_examples(self, ids: np.ndarray) -> np.ndarray:
-        """Lognormal example counts, a pure function of (seed, id)."""
-        return lognormal_counts(
-            self.seed,
-            Stream.CLIENT_SIZE,
-            ids,
-            self.median_examples,
-            self.sigma_examples,
-            self.min_examples,
-            self.max_examples,
-        )
 
     def client_data(self, client_id: int) -> ClientData:
         """Writer `client_id`'s characters: x float32 [n, 784], y int64 [n]."""
