@@ -14,7 +14,7 @@ returns per-client statistics accumulated during training, returned in `ClientUp
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -40,10 +40,13 @@ class LocalTraining:
         lr: Client learning rate.
         momentum: Heavy-ball momentum m of local SGD (v = m v + g; w -= lr v); 0 for plain SGD.
         vectorise: "on" trains a worker's clients as batched computations
-            (`engine.vectorised`), "off" loops over clients, "auto" vectorises on a GPU when
-            the model supports it and loops on a CPU (where the loop measured faster for
-            heavy-tailed client sizes: see scripts/bench_overhead.py).
+            (`engine.vectorised`), "off" loops over clients, "auto" vectorises a model that
+            supports it where that is faster (`engine.vectorised.prefers_vectorised`: on a
+            GPU, and on a CPU for models without convolutions).
         vectorise_memory_mb: Memory budget of one vectorised group of clients.
+        vectorise_steps: Local steps of each client that the vectorised path batches; a
+            client's later steps (the heavy tail of client sizes, where few clients are left to
+            batch with) run one client at a time.
     """
 
     epochs: int = 1
@@ -52,6 +55,7 @@ class LocalTraining:
     momentum: float = 0.0
     vectorise: str = "auto"
     vectorise_memory_mb: float = 256.0
+    vectorise_steps: int = 8
 
     def __post_init__(self) -> None:
         require(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
@@ -61,6 +65,7 @@ class LocalTraining:
         modes = ("auto", "on", "off")
         require(self.vectorise in modes, "vectorise", f"must be one of {modes}")
         require(self.vectorise_memory_mb > 0, "vectorise_memory_mb", "must be > 0")
+        require(self.vectorise_steps >= 0, "vectorise_steps", "must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -135,28 +140,18 @@ def train_client(
     device = next(model.parameters()).device  # a worker with a GPU keeps its model there
     params = params.to(device)
     assign_flat(model, params)
-    weights: list[torch.Tensor] = list(model.parameters())
     x, y = torch.from_numpy(data.x).to(device), torch.from_numpy(data.y).to(device)
     begin_client(model, x, y)
     round_stats(model)  # discards what earlier calls (e.g. an evaluation) accumulated
-    loss_sum = 0.0
-    velocity: dict[int, torch.Tensor] = {}
-    for _ in range(training.epochs):
-        order = torch.from_numpy(rng.permutation(len(data)))
-        for batch in order.split(training.batch_size):
-            loss = training_loss(model, x[batch], y[batch])
-            grads = torch.autograd.grad(loss, weights, allow_unused=True)
-            used = [(i, g) for i, g in enumerate(grads) if g is not None]
-            if training.momentum:
-                for i, g in used:
-                    velocity[i] = velocity[i] * training.momentum + g if i in velocity else g
-                used = [(i, velocity[i]) for i, _ in used]
-            with torch.no_grad():
-                steps = [g for _, g in used]
-                torch._foreach_add_([weights[i] for i, _ in used], steps, alpha=-training.lr)
-            loss_sum += loss.item() * len(batch)
+    batches = (
+        batch
+        for _ in range(training.epochs)
+        for batch in torch.from_numpy(rng.permutation(len(data))).split(training.batch_size)
+        if len(batch)  # an empty client has no batch (split gives it one empty one)
+    )
+    loss_sum = sgd_steps(model, x, y, batches, training, {})
     with torch.no_grad():
-        delta = nn.utils.parameters_to_vector(weights) - params
+        delta = nn.utils.parameters_to_vector(model.parameters()) - params
     return ClientUpdate(
         delta=delta.cpu().numpy(),
         num_examples=len(data),
@@ -164,6 +159,41 @@ def train_client(
         examples_seen=training.epochs * len(data),
         stats=round_stats(model),
     )
+
+
+def sgd_steps(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batches: Iterable[torch.Tensor],
+    training: LocalTraining,
+    velocity: dict[int, torch.Tensor],
+) -> float:
+    """Local SGD (with momentum) of `model`'s parameters, in place; returns the loss sum.
+
+    Args:
+        model: The model, holding the client's current weights.
+        x: The client's inputs.
+        y: The client's targets.
+        batches: Index tensors into x, y, one per step.
+        training: Learning rate and momentum.
+        velocity: Momentum buffers by parameter position, updated in place (empty at the start).
+    """
+    weights: list[torch.Tensor] = list(model.parameters())
+    loss_sum = 0.0
+    for batch in batches:
+        loss = training_loss(model, x[batch], y[batch])
+        grads = torch.autograd.grad(loss, weights, allow_unused=True)
+        used = [(i, g) for i, g in enumerate(grads) if g is not None]
+        if training.momentum:
+            for i, g in used:
+                velocity[i] = velocity[i] * training.momentum + g if i in velocity else g
+            used = [(i, velocity[i]) for i, _ in used]
+        with torch.no_grad():
+            steps = [g for _, g in used]
+            torch._foreach_add_([weights[i] for i, _ in used], steps, alpha=-training.lr)
+        loss_sum += loss.item() * len(batch)
+    return loss_sum
 
 
 @dataclass

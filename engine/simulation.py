@@ -98,9 +98,22 @@ def plan_chunks(experiment: Experiment, cohort: np.ndarray) -> list[np.ndarray]:
     return split_chunks(cohort, experiment.cluster.chunk_size_for(len(cohort)))
 
 
-def assign(chunks: Sequence[np.ndarray], num_workers: int) -> list[list[np.ndarray]]:
-    """Gives each worker a contiguous run of chunks, keeping chunk order across workers."""
-    bounds = np.linspace(0, len(chunks), num_workers + 1).round().astype(int)
+def assign(
+    chunks: Sequence[np.ndarray], num_workers: int, costs: Sequence[float] | None = None
+) -> list[list[np.ndarray]]:
+    """Gives each worker a contiguous run of chunks, keeping chunk order across workers.
+
+    The runs split the chunks' total cost (default: their sizes) as evenly as contiguous runs
+    can: worker k's run ends at the chunk where the running cost comes nearest k/W of the total.
+    Which worker trains a chunk never changes its partial, and the server sums the partials in
+    chunk order, so the split changes only the speed.
+    """
+    weights = np.asarray([len(c) for c in chunks] if costs is None else costs, dtype=np.float64)
+    ends = np.cumsum(weights)
+    total = ends[-1] if len(ends) else 0.0
+    targets = total * np.arange(1, num_workers) / num_workers
+    inner = np.abs(ends[None, :] - targets[:, None]).argmin(axis=1) + 1 if len(ends) else []
+    bounds = np.maximum.accumulate(np.concatenate([[0], inner, [len(chunks)]]).astype(int))
     return [list(chunks[lo:hi]) for lo, hi in itertools.pairwise(bounds)]
 
 
@@ -174,7 +187,9 @@ class Simulation:
         start = time.perf_counter()
         plan = self.scheduler.plan(round_idx)
         cohort = plan.cohort
-        work = assign(plan_chunks(exp, cohort), self.num_workers)
+        chunks = plan_chunks(exp, cohort)
+        examples = [float(self.registry.num_examples[chunk].sum()) for chunk in chunks]
+        work = assign(chunks, self.num_workers, examples)
         refs = self._reduced(
             [
                 (node, worker.train.remote(self._weights, round_idx, chunks, self.clip_norm))
@@ -192,7 +207,8 @@ class Simulation:
         if metrics["system/failed_clients"] > 0:
             failed = self._from_server(self._server.failed_clients.remote(), round_idx)
         summed = metrics["participation/clients_aggregated"] + metrics["system/rejected_updates"]
-        if summed + len(failed) != len(cohort) or not np.isin(failed, cohort).all():
+        strangers = len(failed) and not np.isin(failed, cohort).all()
+        if summed + len(failed) != len(cohort) or strangers:
             raise RuntimeError(f"round {round_idx}: the aggregate is not the planned cohort")
         if len(failed) == len(cohort):
             raise RuntimeError(f"round {round_idx}: every client failed (see the errors above)")

@@ -1,17 +1,27 @@
-"""Vectorised local training: a group of clients as one batched computation (torch.func).
+"""Vectorised local training: a worker's clients as one batched computation (torch.func).
 
 The per-client loop (`engine.client.train_client`) pays Python and autograd overhead per step
-and per client; for a small model that overhead is most of the cost. Here every client of a
-group takes its s-th local step together: `vmap` over the client axis of `grad_and_value` of a
-`functional_call`, with each client's own parameters.
+and per client; for a small model that overhead is most of the cost. Here the clients of a
+group take their s-th local step together: one `vmap` of a `functional_call` forward over the
+client axis, each client with its own parameters, then one backward for all of them (a client's
+loss depends on its own parameters only, so the gradient of the summed losses is every client's
+own gradient).
 
 Each client draws its batches exactly as the loop does (the same `rng.permutation` per epoch,
 split into `batch_size` batches), so both paths compute the same update to float rounding.
-Clients have different example counts: every step's batch is padded to a common width and
-masked (a padded example adds nothing to the loss or its gradient), and a client whose steps
-are used up takes masked no-op steps (no move, momentum included). Groups are formed from
-clients of similar step counts (bucketing), at most as many as a memory budget allows; a
-bucket of fewer than `MIN_GROUP` clients trains on the per-client loop instead.
+
+Shapes never depend on which other clients share a group, so a client's update is the same,
+bit for bit, however the clients are chunked, grouped or spread over workers:
+
+- every batch is padded to `batch_size` and masked (a padded example adds nothing to the loss
+  or its gradient);
+- clients are ordered by their step counts, longest first, so the clients still moving at step
+  s are a prefix of the group and the batched step runs on that prefix only: a client whose
+  steps are used up drops out, and no padded step is ever computed;
+- a client's first `vectorise_steps` steps are batched; its later ones (the heavy tail of
+  client sizes, where few clients remain to batch) run one client at a time on the same loss.
+
+Groups are at most as large as the memory budget (`vectorise_memory_mb`) allows.
 
 Models qualify when they have none of the per-client hooks (`loss`, `begin_client`,
 `round_stats`): their training loss is the mean cross-entropy of `forward`.
@@ -19,21 +29,22 @@ Models qualify when they have none of the per-client hooks (`loss`, `begin_clien
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 from torch import nn
-from torch.func import functional_call, grad_and_value, vmap
+from torch.func import functional_call, vmap
 from torch.nn import functional as F  # noqa: N812
 
-from engine.client import ClientUpdate, LocalTraining, train_client
+from engine.client import ClientUpdate, LocalTraining, sgd_steps
 from engine.population import ClientData
 
 _HOOKS = ("loss", "begin_client", "round_stats")
-# Fewest clients a batched group takes: a batched step costs about as much as a step of ~5
-# small clients on the loop (one CPU thread, logistic regression), so smaller groups loop.
-MIN_GROUP = 8
+_CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+Weights = dict[str, torch.Tensor]
 
 
 def supports_vectorised(model: nn.Module) -> bool:
@@ -41,63 +52,58 @@ def supports_vectorised(model: nn.Module) -> bool:
     return not any(callable(getattr(model, hook, None)) for hook in _HOOKS)
 
 
+def prefers_vectorised(model: nn.Module, device: torch.device) -> bool:
+    """What `vectorise=auto` picks: the batched path where it is the faster one.
+
+    On a GPU that is every supported model. On a CPU it is models without convolutions: a
+    batched convolution ran slower than the loop there (0.67x for the FEMNIST CNN, one
+    thread), while logistic regression ran about 3x faster (`scripts/bench_overhead.py`).
+    """
+    if not supports_vectorised(model):
+        return False
+    return device.type == "cuda" or not any(isinstance(m, _CONVOLUTIONS) for m in model.modules())
+
+
+def client_batches(
+    size: int, training: LocalTraining, rng: np.random.Generator
+) -> list[np.ndarray]:
+    """The loop's batches of one client: per epoch a permutation, split into `batch_size`."""
+    batches: list[np.ndarray] = []
+    for _ in range(training.epochs):
+        order = rng.permutation(size)
+        batches.extend(np.split(order, range(training.batch_size, size, training.batch_size)))
+    return [b for b in batches if len(b)]
+
+
 def batch_plan(
-    sizes: Sequence[int], training: LocalTraining, rngs: Sequence[np.random.Generator]
+    plans: Sequence[Sequence[np.ndarray]], num_steps: int, width: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Each client's local steps, as the loop takes them, padded to common shapes.
+    """The first `num_steps` batches of each client, padded to `width` examples.
 
     Returns:
-        `index` int64 [C, S, B]: the example each slot of each step reads (0 where padded), and
-        `mask` bool [C, S, B]: which slots are real. S is the most steps of any client, B the
-        widest batch.
+        `index` int64 [C, num_steps, width]: the example each slot of each step reads (0 where
+        padded), and `mask` bool [C, num_steps, width]: which slots are real.
     """
-    steps: list[list[np.ndarray]] = []
-    for size, rng in zip(sizes, rngs, strict=True):
-        batches: list[np.ndarray] = []
-        for _ in range(training.epochs):
-            order = rng.permutation(size)
-            batches.extend(np.split(order, range(training.batch_size, size, training.batch_size)))
-        steps.append([b for b in batches if len(b)])
-    num_steps = max((len(s) for s in steps), default=0)
-    width = max((len(b) for s in steps for b in s), default=0)
-    index = np.zeros((len(sizes), num_steps, width), dtype=np.int64)
-    mask = np.zeros((len(sizes), num_steps, width), dtype=bool)
-    for c, batches in enumerate(steps):
-        for s, batch in enumerate(batches):
+    index = np.zeros((len(plans), num_steps, width), dtype=np.int64)
+    mask = np.zeros((len(plans), num_steps, width), dtype=bool)
+    for c, batches in enumerate(plans):
+        for s, batch in enumerate(batches[:num_steps]):
             index[c, s, : len(batch)] = batch
             mask[c, s, : len(batch)] = True
     return index, mask
 
 
-def group_clients(step_counts: Sequence[int], max_group: int) -> list[np.ndarray]:
-    """Client positions in buckets of similar step counts, at most `max_group` per bucket.
-
-    A bucket's clients take at most twice the steps of its first (fewest), so padding at most
-    doubles the steps computed, however heavy-tailed the example counts are.
-    """
-    counts = np.asarray(step_counts)
-    groups: list[np.ndarray] = []
-    current: list[int] = []
-    for position in np.argsort(counts, kind="stable").tolist():
-        full = len(current) >= max(1, max_group)
-        if current and (full or counts[position] > 2 * max(int(counts[current[0]]), 1)):
-            groups.append(np.array(current, dtype=np.int64))
-            current = []
-        current.append(position)
-    if current:
-        groups.append(np.array(current, dtype=np.int64))
-    return groups
-
-
-def max_group_size(num_params: int, example_numel: int, width: int, memory_mb: float) -> int:
-    """Clients one group may hold within `memory_mb`.
+def max_group_size(num_params: int, example_numel: int, training: LocalTraining) -> int:
+    """Clients one group may hold within `training.vectorise_memory_mb`.
 
     A rough bound per client, in float32 values: its parameters four times (weights, gradient,
-    momentum, a temporary) and its padded data and activations, taken as 8 x its batch's input
-    (this suits the small on-device models the path is for).
+    momentum, a temporary), its gathered batches and activations, taken as
+    (`vectorise_steps` + 8) x its batch's input (this suits the small on-device models the path
+    is for).
     """
-    per_client = 4 * (4 * num_params + 8 * max(width, 1) * max(example_numel, 1))
-    return max(1, int(memory_mb * 2**20 // per_client))
+    batch_numel = training.batch_size * max(example_numel, 1)
+    per_client = 4 * (4 * num_params + (training.vectorise_steps + 8) * batch_numel)
+    return max(1, int(training.vectorise_memory_mb * 2**20 // per_client))
 
 
 def train_clients(
@@ -117,20 +123,18 @@ def train_clients(
         training: Local SGD settings (shared by all clients).
         rngs: Each client's stream for this round: it decides the shuffling, as in the loop.
     """
-    sizes = [len(d) for d in datas]
-    steps = [training.epochs * -(-n // training.batch_size) for n in sizes]
-    width = min(training.batch_size, max(sizes, default=1))
+    plans = [client_batches(len(d), training, r) for d, r in zip(datas, rngs, strict=True)]
+    longest_first = sorted(range(len(datas)), key=lambda p: -len(plans[p]))
     example_numel = int(np.prod(datas[0].x.shape[1:])) if datas else 1
-    limit = max_group_size(len(params), example_numel, width, training.vectorise_memory_mb)
+    limit = max_group_size(len(params), example_numel, training)
     updates: list[ClientUpdate | None] = [None] * len(datas)
-    for group in group_clients(steps, limit):
-        if len(group) < MIN_GROUP:  # too few to pay for the batched call: the loop is faster
-            trained = [train_client(model, params, datas[p], training, rngs[p]) for p in group]
-        else:
-            plans = {int(p): batch_plan([sizes[p]], training, [rngs[p]]) for p in group}
-            trained = _train_group(model, params, datas, plans, group, training)
+    for start in range(0, len(datas), limit):
+        group = longest_first[start : start + limit]
+        trained = _train_group(
+            model, params, [datas[p] for p in group], [plans[p] for p in group], training
+        )
         for position, update in zip(group, trained, strict=True):
-            updates[int(position)] = update
+            updates[position] = update
     return [u for u in updates if u is not None]
 
 
@@ -138,61 +142,142 @@ def _train_group(
     model: nn.Module,
     params: torch.Tensor,
     datas: Sequence[ClientData],
-    plans: dict[int, tuple[np.ndarray, np.ndarray]],
-    group: np.ndarray,
+    plans: Sequence[Sequence[np.ndarray]],
     training: LocalTraining,
 ) -> list[ClientUpdate]:
-    """Trains the clients at positions `group` together."""
-    device = params.device
-    members = [int(p) for p in group]
-    num_steps = max(plans[p][0].shape[1] for p in members)
-    width = max(plans[p][0].shape[2] for p in members)
-    index = np.zeros((len(members), num_steps, width), dtype=np.int64)
-    mask = np.zeros((len(members), num_steps, width), dtype=bool)
-    for row, p in enumerate(members):
-        idx, msk = plans[p]
-        index[row, : idx.shape[1], : idx.shape[2]] = idx[0]
-        mask[row, : msk.shape[1], : msk.shape[2]] = msk[0]
-    x, y = _padded([datas[p] for p in members], device)
-    rows = torch.arange(len(members), device=device)[:, None]
-    index_t = torch.from_numpy(index).to(device)
-    mask_t = torch.from_numpy(mask).to(device)
-    weights = _batched_params(model, params, len(members))
+    """Trains a group of clients together; `plans` come longest first."""
+    weights = _batched_params(model, params, len(datas))
     velocity = {k: torch.zeros_like(v) for k, v in weights.items()} if training.momentum else {}
-    step = vmap(grad_and_value(_masked_loss(model)))
-    loss_sum = torch.zeros(len(members), dtype=torch.float64, device=device)
-    for s in range(num_steps):
-        batch = index_t[:, s]
-        grads, losses = step(weights, x[rows, batch], y[rows, batch], mask_t[:, s])
-        counts = mask_t[:, s].sum(dim=1)
-        active = (counts > 0).to(params.dtype)
-        _sgd_step(weights, velocity, grads, active, training)
-        loss_sum += losses.double() * counts
-    flat = torch.cat([w.reshape(len(members), -1) for w in weights.values()], dim=1)
+    loss_sums = _batched_phase(model, weights, velocity, datas, plans, training)
+    for row, (data, batches) in enumerate(zip(datas, plans, strict=True)):
+        tail = batches[training.vectorise_steps :]
+        if tail:
+            loss_sums[row] += _looped_tail(model, weights, velocity, row, data, tail, training)
+    flat = torch.cat([w.reshape(len(datas), -1) for w in weights.values()], dim=1)
     deltas = (flat - params).cpu().numpy()
     return [
         ClientUpdate(
             delta=deltas[row],
-            num_examples=len(datas[p]),
-            loss_sum=float(loss_sum[row]),
-            examples_seen=training.epochs * len(datas[p]),
+            num_examples=len(data),
+            loss_sum=float(loss_sums[row]),
+            examples_seen=training.epochs * len(data),
         )
-        for row, p in enumerate(members)
+        for row, data in enumerate(datas)
     ]
 
 
-def _padded(datas: Sequence[ClientData], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """The clients' x and y stacked, each padded with its first example to the largest size."""
-    longest = max(len(d) for d in datas)
+def _batched_phase(
+    model: nn.Module,
+    weights: Weights,
+    velocity: Weights,
+    datas: Sequence[ClientData],
+    plans: Sequence[Sequence[np.ndarray]],
+    training: LocalTraining,
+) -> np.ndarray:
+    """The first `vectorise_steps` steps of every client, batched; returns the loss sums."""
+    num_steps = min(training.vectorise_steps, len(plans[0]) if plans else 0)
+    if num_steps == 0:
+        return np.zeros(len(datas))
+    device = next(iter(weights.values())).device
+    index, mask = batch_plan(plans, num_steps, training.batch_size)
+    steps = np.array([len(batches) for batches in plans])
+    moving = (steps[:, None] > np.arange(num_steps)).sum(axis=0)  # longest first: a prefix
+    xs, ys = _gathered(datas, index, device)
+    mask_t = torch.from_numpy(mask).to(device=device, dtype=torch.float32)
+    losses_of = _client_losses(model)
+    losses = torch.zeros(num_steps, len(datas), device=device)
+    for s in range(num_steps):
+        n = int(moving[s])
+        live, live_velocity = _prefix(weights, n), _prefix(velocity, n)
+        step = functools.partial(losses_of, x=xs[:n, s], y=ys[:n, s], mask=mask_t[:n, s])
+        losses[s, :n] = _sgd_step(step, live, live_velocity, training)
+    return (losses.double().cpu().numpy() * mask.sum(axis=2).T).sum(axis=0)
+
+
+def _looped_tail(
+    model: nn.Module,
+    weights: Weights,
+    velocity: Weights,
+    row: int,
+    data: ClientData,
+    batches: Sequence[np.ndarray],
+    training: LocalTraining,
+) -> float:
+    """One client's steps after the batched phase, on the per-client loop; returns their loss.
+
+    The client's weights (and momentum) move into `model`, take the loop's steps
+    (`engine.client.sgd_steps`) and move back into row `row` of `weights`.
+    """
+    parameters = list(model.parameters())
+    with torch.no_grad():
+        for parameter, batched in zip(parameters, weights.values(), strict=True):
+            parameter.copy_(batched[row])
+    device = parameters[0].device
+    x, y = torch.from_numpy(data.x).to(device), torch.from_numpy(data.y).to(device)
+    moments = {i: v[row].clone() for i, v in enumerate(velocity.values())}
+    steps = (torch.from_numpy(batch).to(device) for batch in batches)
+    total = sgd_steps(model, x, y, steps, training, moments)
+    with torch.no_grad():
+        for parameter, batched in zip(parameters, weights.values(), strict=True):
+            batched[row].copy_(parameter)
+    return total
+
+
+def _sgd_step(
+    losses_of: Callable[[Weights], torch.Tensor],
+    weights: Weights,
+    velocity: Weights,
+    training: LocalTraining,
+) -> torch.Tensor:
+    """One SGD (with momentum) step of each client's `weights`, in place (they are views).
+
+    Args:
+        losses_of: The clients' losses [n] at given weights; client i's depends on its own
+            weights only, so the gradient of their sum is every client's own gradient.
+        weights: The clients' weights [n, ...], moved in place.
+        velocity: Their momentum buffers (empty without momentum), updated in place.
+        training: Learning rate and momentum.
+
+    Returns:
+        The clients' losses before the step.
+    """
+    live = {k: w.detach().requires_grad_() for k, w in weights.items()}
+    losses = losses_of(live)
+    grads = torch.autograd.grad(
+        losses.sum(), list(live.values()), allow_unused=True, materialize_grads=True
+    )
+    with torch.no_grad():
+        steps = list(grads)
+        if velocity:
+            moments = list(velocity.values())
+            torch._foreach_mul_(moments, training.momentum)
+            torch._foreach_add_(moments, steps)
+            steps = moments
+        torch._foreach_add_(list(weights.values()), steps, alpha=-training.lr)
+    return losses.detach()
+
+
+def _prefix(tensors: Weights, count: int) -> Weights:
+    """The first `count` clients' rows of batched tensors (views)."""
+    return {k: t[:count] for k, t in tensors.items()}
+
+
+def _gathered(
+    datas: Sequence[ClientData], index: np.ndarray, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every client's batched steps' examples, x and y [C, steps, width, ...], gathered once."""
     xs, ys = [], []
-    for d in datas:
-        pad = longest - len(d)
-        xs.append(np.concatenate([d.x, np.repeat(d.x[:1], pad, axis=0)]) if pad else d.x)
-        ys.append(np.concatenate([d.y, np.repeat(d.y[:1], pad, axis=0)]) if pad else d.y)
+    for data, taken in zip(datas, index, strict=True):
+        if len(data):
+            xs.append(data.x[taken])
+            ys.append(data.y[taken])
+        else:  # an empty client reads nothing real: any zeros will do
+            xs.append(np.zeros((*taken.shape, *data.x.shape[1:]), dtype=data.x.dtype))
+            ys.append(np.zeros((*taken.shape, *data.y.shape[1:]), dtype=data.y.dtype))
     return torch.from_numpy(np.stack(xs)).to(device), torch.from_numpy(np.stack(ys)).to(device)
 
 
-def _batched_params(model: nn.Module, params: torch.Tensor, count: int) -> dict[str, torch.Tensor]:
+def _batched_params(model: nn.Module, params: torch.Tensor, count: int) -> Weights:
     """`count` copies of the flat `params`, as the model's named parameters [count, ...]."""
     out, offset = {}, 0
     for name, param in model.named_parameters():
@@ -203,34 +288,21 @@ def _batched_params(model: nn.Module, params: torch.Tensor, count: int) -> dict[
     return out
 
 
-def _masked_loss(
-    model: nn.Module,
-) -> Callable[[dict[str, torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
-    """One client's loss on one padded batch: the mean cross-entropy of its real examples."""
+def _client_losses(model: nn.Module) -> Callable[..., torch.Tensor]:
+    """Each client's loss on its padded batch: the mean cross-entropy of its real examples.
 
-    def loss(
-        weights: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor
+    Only the forward is vmapped over the clients; the cross-entropy runs once over all their
+    logits (cheaper than vmapping it).
+    """
+    forward = vmap(lambda weights, x: functional_call(model, weights, (x,)))
+
+    def losses(
+        weights: Weights, *, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor
     ) -> torch.Tensor:
-        logits = functional_call(model, weights, (x,))
+        logits = forward(weights, x)
         ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="none")
-        return (ce * mask).sum() / mask.sum().clamp(min=1)
+        per_example = ce.reshape(*mask.shape, -1)  # [n, width, tokens]: tokens of a sequence
+        summed = (per_example * mask[:, :, None]).sum(dim=(1, 2))
+        return summed / (mask.sum(dim=1).clamp(min=1) * per_example.shape[2])
 
-    return loss
-
-
-def _sgd_step(
-    weights: dict[str, torch.Tensor],
-    velocity: dict[str, torch.Tensor],
-    grads: dict[str, torch.Tensor],
-    active: torch.Tensor,
-    training: LocalTraining,
-) -> None:
-    """One SGD (with momentum) step of every active client, in place; others stay put."""
-    for name, weight in weights.items():
-        shape = (-1,) + (1,) * (weight.dim() - 1)
-        grad = grads[name]
-        if velocity:
-            moving = active.view(shape)
-            velocity[name] = velocity[name] * (1 - moving + moving * training.momentum) + grad
-            grad = velocity[name]
-        weight.sub_(grad * (training.lr * active.view(shape)))
+    return losses

@@ -32,7 +32,7 @@ from engine.models.layout import ParameterLayout
 from engine.placement import assigned_device
 from engine.population import ClientData, Population
 from engine.rng import Stream, generator
-from engine.vectorised import supports_vectorised, train_clients
+from engine.vectorised import prefers_vectorised, train_clients
 from mechanisms.clipping import clip_update
 
 T = TypeVar("T")
@@ -69,11 +69,9 @@ class ClientWorker:
         self._aggregator = aggregator
         self._seed = seed
         self._faults = faults or Faults()
-        # auto: vectorised on a GPU only; on a CPU the loop measured faster (bench_overhead).
-        on_gpu = next(self._model.parameters()).device.type == "cuda"
-        supported = supports_vectorised(self._model)
-        mode = training.vectorise
-        self._vectorised = mode == "on" or (mode == "auto" and supported and on_gpu)
+        device = next(self._model.parameters()).device
+        auto = training.vectorise == "auto" and prefers_vectorised(self._model, device)
+        self._vectorised = training.vectorise == "on" or auto
         self._eval_data: tuple[bytes, ClientData] | None = None
         self._eval_parts: list[ClientData] = []
 

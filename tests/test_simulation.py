@@ -39,6 +39,20 @@ def test_chunks_partition_the_cohort_in_order(cohort, chunk_size, num_workers):
     assert np.array_equal(np.concatenate(chunks), ids)
 
 
+@given(
+    costs=st.lists(st.integers(0, 1000), min_size=1, max_size=40),
+    num_workers=st.integers(1, 6),
+)
+def test_workers_get_contiguous_runs_of_balanced_cost(costs, num_workers):
+    chunks = [np.array([i]) for i in range(len(costs))]
+    work = assign(chunks, num_workers, costs)
+    assert len(work) == num_workers
+    assert [c for w in work for c in w] == chunks  # every chunk once, in order
+    loads = [sum(costs[int(c[0])] for c in w) for w in work]
+    # contiguous runs can do no better than the even share plus one chunk
+    assert max(loads) <= sum(costs) / num_workers + max(costs)
+
+
 @pytest.mark.usefixtures("ray_session")
 def test_bit_identical_weights_and_evaluation_for_1_2_and_4_workers():
     cohort = ("participation.cohort_size=37", "cluster.chunk_size=5")

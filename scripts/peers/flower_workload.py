@@ -3,11 +3,15 @@
 FedAvg of the Message API (`flwr.serverapp.strategy.FedAvg`) over `num_supernodes` = population
 size virtual clients on the Ray backend; exactly `cohort` of them train per round
 (`min_train_nodes` = cohort, `fraction_train` = cohort / N) and the server averages their models
-weighted by example counts. No federated evaluation; the final model is evaluated centrally on
+weighted by example counts. Each train message names the fedray client its node trains
+(`client-id` in its config): with the spec's cohorts (fedray's), round r (Flower's server round
+r + 1) trains exactly cohort r, whichever nodes Flower sampled; without them, a node trains its
+own partition. Shuffling follows fedray's stream of the client and round
+(`peer_common.client_rng`). No federated evaluation; the final model is evaluated centrally on
 fedray's held-out clients.
 
 Usage:
-    .bench/venv-flower/bin/python scripts/peers/flower_workload.py --spec '<case JSON>'
+    .bench/venv-flower/bin/python scripts/peers/flower_workload.py --spec case.json
 """
 
 from __future__ import annotations
@@ -33,7 +37,10 @@ def _population() -> Any:
 
 
 def _client_app() -> Any:
-    """A ClientApp whose `train` runs `peer_common.train_local` on its partition's data."""
+    """A ClientApp whose `train` runs `peer_common.train_local` on the message's client.
+
+    The client is the message config's `client-id`, or the node's partition without one.
+    """
     from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
     from flwr.clientapp import ClientApp
 
@@ -42,11 +49,12 @@ def _client_app() -> Any:
     @app.train()
     def train(msg: Message, context: Context) -> Message:
         population = _population()
-        client_id = int(context.node_config["partition-id"])
+        config = msg.content["config"]
+        client_id = int(config.get("client-id", context.node_config["partition-id"]))
         model = pc.build_model(SPEC, population)
         model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
         data = population.client_data(client_id)
-        round_idx = int(msg.content["config"]["server-round"]) - 1
+        round_idx = int(config["server-round"]) - 1
         pc.train_local(model, data, SPEC, pc.client_rng(SPEC.seed, round_idx, client_id))
         content = RecordDict(
             {
@@ -60,13 +68,21 @@ def _client_app() -> Any:
 
 
 def _strategy() -> Any:
-    """FedAvg with exactly `cohort` trainers per round, timing each round."""
+    """FedAvg with exactly `cohort` trainers per round, timing each round.
+
+    With the spec's cohorts, each train message names the client its node trains.
+    """
     from flwr.serverapp.strategy import FedAvg
 
     class TimedFedAvg(FedAvg):
-        def configure_train(self, server_round: int, *args: Any) -> Iterable[Any]:
+        def configure_train(
+            self, server_round: int, arrays: Any, config: Any, grid: Any
+        ) -> Iterable[Any]:
             TIMER.begin()
-            return super().configure_train(server_round, *args)
+            sampled = super().configure_train(server_round, arrays, config, grid)
+            if SPEC.cohorts is None:
+                return sampled
+            return _name_clients(sampled, SPEC.cohorts[server_round - 1], self)
 
         def aggregate_train(self, server_round: int, replies: Iterable[Any]) -> Any:
             result = super().aggregate_train(server_round, replies)
@@ -80,6 +96,22 @@ def _strategy() -> Any:
         min_evaluate_nodes=0,
         min_available_nodes=SPEC.num_clients,
     )
+
+
+def _name_clients(sampled: Iterable[Any], clients: list[int], strategy: Any) -> list[Any]:
+    """Flower's train messages again, the i-th one's config naming `clients[i]` (`client-id`).
+
+    Flower's messages share one RecordDict; each gets its own here (the arrays are shared).
+    """
+    from flwr.app import ConfigRecord, Message, RecordDict
+
+    renamed = []
+    for msg, client in zip(sampled, clients, strict=True):
+        arrays = msg.content[strategy.arrayrecord_key]
+        config = ConfigRecord({**msg.content[strategy.configrecord_key], "client-id": client})
+        content = RecordDict({strategy.arrayrecord_key: arrays, strategy.configrecord_key: config})
+        renamed.append(Message(content, msg.metadata.dst_node_id, msg.metadata.message_type))
+    return renamed
 
 
 def _server_app() -> Any:

@@ -5,9 +5,12 @@ numpy and scipy but neither ray (Flower's pinned one aside), hydra nor wandb. Th
 fedray's population and models only, so that every system trains on the same clients, from the
 same initial weights, with the same local loop as `engine.client.train_client`: per epoch a
 permutation of the client's examples, batches of `batch_size`, mean cross-entropy, one SGD step
-per batch.
+per batch. The permutations come from fedray's own stream of the client and round
+(`client_rng`), and when the spec carries fedray's cohorts (`Spec.cohorts`, read from its
+participation log) the peer trains exactly those clients in each round: then every system runs
+the same computation, up to float rounding.
 
-A workload reads its case as a JSON spec (`--spec`), the one `scripts/bench_peers.py` writes,
+A workload reads its case from a JSON file (`--spec`), the one `scripts/bench_peers.py` writes,
 and prints one JSON line (`RESULT_PREFIX`...) with its measurements.
 """
 
@@ -59,8 +62,10 @@ class Spec:
         epochs: Local epochs.
         batch_size: Local batch size.
         lr: Local SGD learning rate.
-        seed: Run seed (initial weights).
+        seed: Run seed (initial weights, shuffling).
         eval_clients: Held-out clients for the final evaluation.
+        cohorts: The client ids each round trains (round 0 first), fedray's; None: the peer
+            samples its own cohorts.
     """
 
     model: str
@@ -75,6 +80,21 @@ class Spec:
     eval_clients: int
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     population_kwargs: dict[str, Any] = field(default_factory=dict)
+    cohorts: list[list[int]] | None = None
+
+    def __post_init__(self) -> None:
+        """Checks that given cohorts are `rounds` rounds of `cohort` clients each.
+
+        Raises:
+            ValueError: If they are not.
+        """
+        if self.cohorts is None:
+            return
+        sizes = [len(ids) for ids in self.cohorts]
+        if sizes != [self.cohort] * self.rounds:
+            raise ValueError(
+                f"cohorts must be {self.rounds} rounds of {self.cohort} clients, got sizes {sizes}"
+            )
 
     @property
     def num_clients(self) -> int:
@@ -83,10 +103,11 @@ class Spec:
 
 
 def parse_spec(argv: list[str] | None = None) -> Spec:
-    """Reads the `--spec` JSON of the command line."""
+    """Reads the case from the JSON file `--spec` of the command line."""
     parser = argparse.ArgumentParser(description="one peer benchmark case")
-    parser.add_argument("--spec", required=True, help="the case, as JSON")
-    return Spec(**json.loads(parser.parse_args(argv).spec))
+    parser.add_argument("--spec", required=True, type=Path, help="the case's JSON file")
+    path: Path = parser.parse_args(argv).spec
+    return Spec(**json.loads(path.read_text(encoding="utf-8")))
 
 
 def _resolve(target: str) -> Any:
@@ -111,8 +132,8 @@ def build_model(spec: Spec, population: Population) -> nn.Module:
 
 
 def client_rng(seed: int, round_idx: int, client_id: int) -> np.random.Generator:
-    """The shuffling stream of one client in one round."""
-    return np.random.default_rng([seed, round_idx, client_id])
+    """The shuffling stream of one client in one round: fedray's own (`engine.workers`)."""
+    return generator(seed, Stream.CLIENT_TRAIN, round_idx, client_id)
 
 
 def train_local(model: nn.Module, data: ClientData, spec: Spec, rng: np.random.Generator) -> float:

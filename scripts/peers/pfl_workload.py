@@ -3,18 +3,21 @@
 `pfl.algorithm.FederatedAveraging` with the PyTorch backend (`pfl.model.pytorch.PyTorchModel`,
 central SGD with learning rate 1, i.e. plain averaging) on a `SimulatedBackend`. The training
 data is a `FederatedDataset` whose `make_dataset_fn` builds fedray's client data for a user id,
-drawn by `CohortSampler`, `cohort` distinct users per round. Each user's examples are
-shuffled once when its dataset is built (one permutation per epoch for one local epoch), and its
-update is reweighted by its example count, so that the average is FedAvg's weighted one. The final
-model is evaluated centrally on fedray's held-out clients.
+drawn by `CohortSampler`, `cohort` distinct users per round: fedray's cohorts replayed in order
+when the spec carries them, else uniform draws of its own. Each user's examples are shuffled
+once, when its dataset is built, by fedray's stream of that client and round
+(`peer_common.client_rng`), and its update is reweighted by its example count, so that the
+average is FedAvg's weighted one. pfl iterates a user's dataset in the same order every local
+epoch, whereas fedray draws a new permutation per epoch: the two compute the same updates for
+one local epoch (the benchmark's), not for more. The final model is evaluated centrally on
+fedray's held-out clients.
 
 Usage:
-    .bench/venv-pfl/bin/python scripts/peers/pfl_workload.py --spec '<case JSON>'
+    .bench/venv-pfl/bin/python scripts/peers/pfl_workload.py --spec case.json
 """
 
 from __future__ import annotations
 
-import itertools
 from typing import Any
 
 import numpy as np
@@ -53,46 +56,72 @@ class LossModule(nn.Module):
 
 
 class CohortSampler:
-    """pfl user sampler: each run of `cohort` calls is a uniform cohort without replacement.
+    """pfl user sampler: draw k is a user of round k // cohort, each round's users a cohort.
 
-    pfl's own samplers either draw with replacement ("random") or cycle through the ids in order
-    ("minimize_reuse"); fedray and Flower draw each round's cohort uniformly without replacement.
+    Given cohorts (fedray's), it replays them: draw k is `cohorts[k // cohort][k % cohort]`.
+    Otherwise each round's cohort is drawn uniformly without replacement, as fedray and Flower
+    draw theirs (pfl's own samplers either draw with replacement ("random") or cycle through
+    the ids in order ("minimize_reuse")). pfl builds a user's dataset right after drawing it, so
+    `round_idx` is the round of the user being built.
 
     Args:
         num_clients: Population size N (ids 0..N-1).
         cohort: Users per round.
         seed: Seed of the draws.
+        cohorts: The cohorts to replay, round 0 first; None draws them.
+
+    Attributes:
+        round_idx: Round of the latest draw (-1 before the first).
     """
 
-    def __init__(self, num_clients: int, cohort: int, seed: int) -> None:
-        self._num_clients, self._cohort = num_clients, cohort
+    def __init__(
+        self, num_clients: int, cohort: int, seed: int, cohorts: list[list[int]] | None = None
+    ) -> None:
+        self._num_clients, self._cohort, self._cohorts = num_clients, cohort, cohorts
         self._rng = np.random.default_rng([seed, 1])
-        self._queue: list[int] = []
+        self._draws = 0
+        self._current: list[int] = []
+        self.round_idx = -1
 
     def __call__(self) -> int:
         """The next user id."""
-        if not self._queue:
+        self.round_idx, position = divmod(self._draws, self._cohort)
+        if position == 0:
+            self._current = self._next_cohort()
+        self._draws += 1
+        return self._current[position]
+
+    def _next_cohort(self) -> list[int]:
+        """The cohort of round `round_idx`.
+
+        Raises:
+            RuntimeError: If pfl draws past the last given cohort.
+        """
+        if self._cohorts is None:
             draw = self._rng.choice(self._num_clients, self._cohort, replace=False)
-            self._queue = [int(i) for i in draw[::-1]]
-        return self._queue.pop()
+            return [int(i) for i in draw]
+        if self.round_idx >= len(self._cohorts):
+            raise RuntimeError(
+                f"pfl drew round {self.round_idx}, past the {len(self._cohorts)} given"
+            )
+        return [int(i) for i in self._cohorts[self.round_idx]]
 
 
 def _dataset(spec: pc.Spec, population: Any) -> Any:
-    """The federated training dataset over user ids 0..N-1, built lazily per user."""
+    """The federated training dataset over user ids 0..N-1, built lazily per user and round."""
     from pfl.data.dataset import Dataset
     from pfl.data.federated_dataset import FederatedDataset
 
-    draws = itertools.count()
+    sampler = CohortSampler(spec.num_clients, spec.cohort, spec.seed, spec.cohorts)
 
     def make_dataset_fn(user_id: int) -> Dataset:
         data = population.client_data(int(user_id))
-        order = pc.client_rng(spec.seed, next(draws), int(user_id)).permutation(len(data))
+        rng = pc.client_rng(spec.seed, sampler.round_idx, int(user_id))
+        order = rng.permutation(len(data))
         x, y = torch.from_numpy(data.x[order]), torch.from_numpy(data.y[order])
         return Dataset(raw_data=[x, y], user_id=user_id)
 
-    return FederatedDataset(
-        make_dataset_fn, CohortSampler(spec.num_clients, spec.cohort, spec.seed)
-    )
+    return FederatedDataset(make_dataset_fn, sampler)
 
 
 def _algorithm() -> Any:
