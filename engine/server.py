@@ -53,7 +53,6 @@ class ParameterServer:
         self._clipping = clipping
         self._cohort_size = cohort_size
         self.clip_norm = clipping.initial_norm
-        self._failed = np.zeros(0, dtype=np.int64)
 
     def weights(self) -> np.ndarray:
         """The current parameters (Ray stores the returned array once in the object store)."""
@@ -71,9 +70,9 @@ class ParameterServer:
         run (noise multiplier > 0): neither are those, nor byte counts that depend on the rows
         or experts touched (sparse and MoE partials; a dense partial's sizes are public).
 
-        `system/failed_clients` counts the clients whose training kept failing (see
-        `failed_clients`), `system/rejected_updates` those whose update was not finite: neither
-        is in the sum.
+        `system/failed_clients` counts the clients whose training kept failing (the driver reads
+        which from the partials), `system/rejected_updates` those whose update was not finite:
+        neither is in the sum.
 
         Args:
             round_idx: The round being applied.
@@ -88,7 +87,6 @@ class ParameterServer:
         if any(chunk.clip_norm != self.clip_norm for chunk in chunks):
             raise RuntimeError(f"round {round_idx}: updates clipped to another clip norm")
         total = self._aggregator.reduce(chunks, len(self._params))
-        self._failed = np.sort(np.array(total.failed, dtype=np.int64))
         metrics = {
             "participation/clients_aggregated": float(total.num_clients),
             "system/failed_clients": float(len(total.failed)),
@@ -112,10 +110,6 @@ class ParameterServer:
             self._params, self._state = self._strategy.step(self._params, update, self._state)
         metrics["system/server_s"] = time.perf_counter() - start
         return self.weights(), metrics
-
-    def failed_clients(self) -> np.ndarray:
-        """The sorted ids of the clients that failed in the last round applied."""
-        return self._failed
 
     def state_dict(self) -> dict[str, Any]:
         """Everything the server's next rounds depend on, on the host (for a checkpoint).

@@ -8,16 +8,17 @@ model-sized data.
 
 from __future__ import annotations
 
-import itertools
 import pickle
 import time
-from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import ray
 from ray.util.placement_group import PlacementGroup, remove_placement_group
 
+from engine.aggregation import Partial
+from engine.chunks import assign, plan_chunks
 from engine.client import EvalStats
 from engine.experiment import Experiment
 from engine.ledger import ParticipationLedger
@@ -25,9 +26,10 @@ from engine.models import flatten, init_parameters
 from engine.placement import Resources, bundle_nodes, node_reducers
 from engine.population import ClientRegistry
 from engine.rng import Stream, generator
-from engine.schedule import Scheduler
+from engine.schedule import RoundFailedError, RoundPlan, Scheduler
 from engine.server import ParameterServer
 from engine.workers import ClientWorker
+from mechanisms.clipping import AdaptiveClipping
 
 _INLINE_BYTES = 1 << 20
 
@@ -36,10 +38,19 @@ class ServerDiedError(RuntimeError):
     """The parameter server actor died: its state is lost, the run cannot go on."""
 
 
-def split_chunks(cohort: np.ndarray, chunk_size: int) -> list[np.ndarray]:
-    """Splits a cohort into ceil(len / chunk_size) near-equal contiguous chunks."""
-    num_chunks = max(1, -(-len(cohort) // chunk_size))
-    return np.array_split(cohort, num_chunks)
+@dataclass(frozen=True)
+class _SentRound:
+    """A round whose chunks are on their way to the workers.
+
+    Attributes:
+        plan: The round as planned.
+        refs: What the server will sum: the workers' (or node reducers') partials.
+        now_s: The scheduler's clock before the round was planned.
+    """
+
+    plan: RoundPlan
+    refs: list[Any]
+    now_s: float
 
 
 def initial_weights(experiment: Experiment) -> np.ndarray:
@@ -93,30 +104,6 @@ def server_args(experiment: Experiment, initial: np.ndarray) -> tuple[Any, ...]:
     )
 
 
-def plan_chunks(experiment: Experiment, cohort: np.ndarray) -> list[np.ndarray]:
-    """The cohort's chunks: they depend on the cohort and config only, never on the workers."""
-    return split_chunks(cohort, experiment.cluster.chunk_size_for(len(cohort)))
-
-
-def assign(
-    chunks: Sequence[np.ndarray], num_workers: int, costs: Sequence[float] | None = None
-) -> list[list[np.ndarray]]:
-    """Gives each worker a contiguous run of chunks, keeping chunk order across workers.
-
-    The runs split the chunks' total cost (default: their sizes) as evenly as contiguous runs
-    can: worker k's run ends at the chunk where the running cost comes nearest k/W of the total.
-    Which worker trains a chunk never changes its partial, and the server sums the partials in
-    chunk order, so the split changes only the speed.
-    """
-    weights = np.asarray([len(c) for c in chunks] if costs is None else costs, dtype=np.float64)
-    ends = np.cumsum(weights)
-    total = ends[-1] if len(ends) else 0.0
-    targets = total * np.arange(1, num_workers) / num_workers
-    inner = np.abs(ends[None, :] - targets[:, None]).argmin(axis=1) + 1 if len(ends) else []
-    bounds = np.maximum.accumulate(np.concatenate([[0], inner, [len(chunks)]]).astype(int))
-    return [list(chunks[lo:hi]) for lo, hi in itertools.pairwise(bounds)]
-
-
 class Simulation:
     """Ray actors for one experiment, and the round loop that drives them.
 
@@ -134,6 +121,7 @@ class Simulation:
         self._workers: list[Any] = []
         self._reducers: dict[str, Any] = {}
         self._server: Any = None
+        self._pending: _SentRound | None = None
         try:
             self._start(experiment, ledger)
         except BaseException:
@@ -174,6 +162,9 @@ class Simulation:
             self._reducers = node_reducers(nodes, exp.aggregation, len(initial))
         self._worker_nodes = nodes
         self.clip_norm = exp.clipping.initial_norm
+        # The next round goes out before this one's server step, unless that step decides its
+        # clip norm (adaptive clipping).
+        self._pipelined = not isinstance(exp.clipping, AdaptiveClipping)
         self._weights = self._server.weights.remote()
         ray.get([self._weights, *[w.__ray_ready__.remote() for w in self._workers]])
         self._eval_ids = exp.population.held_out_ids(exp.evaluation.num_clients)
@@ -181,31 +172,24 @@ class Simulation:
     def run_round(self, round_idx: int) -> dict[str, float]:
         """Runs one round and waits for the server to apply it; returns the round's metrics.
 
-        The round's cohort is committed to the ledger only once the server has applied it.
+        Once this round's clients are trained, and before the server has applied them, the
+        round is committed to the ledger and the next round is planned and sent to the
+        workers, waiting there for the new weights (`_send_next`): no round trip to the driver
+        sits between two rounds. A failure in this round's server step still ends the run
+        before the next round's metrics exist.
         """
-        exp = self.experiment
         start = time.perf_counter()
-        plan = self.scheduler.plan(round_idx)
-        cohort = plan.cohort
-        chunks = plan_chunks(exp, cohort)
-        examples = [float(self.registry.num_examples[chunk].sum()) for chunk in chunks]
-        work = assign(chunks, self.num_workers, examples)
-        refs = self._reduced(
-            [
-                (node, worker.train.remote(self._weights, round_idx, chunks, self.clip_norm))
-                for worker, node, chunks in zip(
-                    self._workers, self._worker_nodes, work, strict=True
-                )
-                if chunks
-            ]
-        )
+        sent = self._sent_round(round_idx)
+        cohort = sent.plan.cohort
         self._weights, stats_ref = self._server.apply.options(num_returns=2).remote(
-            round_idx, *refs
+            round_idx, *sent.refs
         )
+        partials: list[list[Partial]] = ray.get(sent.refs)
+        failed = np.sort(np.array([c for ps in partials for p in ps for c in p.failed], np.int64))
+        self.scheduler.commit(sent.plan, exclude=failed)
+        if self._pipelined:
+            self._send_next(round_idx + 1)
         metrics: dict[str, float] = self._from_server(stats_ref, round_idx)
-        failed = np.zeros(0, dtype=np.int64)
-        if metrics["system/failed_clients"] > 0:
-            failed = self._from_server(self._server.failed_clients.remote(), round_idx)
         summed = metrics["participation/clients_aggregated"] + metrics["system/rejected_updates"]
         strangers = len(failed) and not np.isin(failed, cohort).all()
         if summed + len(failed) != len(cohort) or strangers:
@@ -213,9 +197,8 @@ class Simulation:
         if len(failed) == len(cohort):
             raise RuntimeError(f"round {round_idx}: every client failed (see the errors above)")
         self.clip_norm = metrics.pop("privacy/next_clip_norm", self.clip_norm)
-        self.scheduler.commit(plan, exclude=failed)
         round_s = time.perf_counter() - start
-        metrics.update(plan.metrics())
+        metrics.update(sent.plan.metrics())
         metrics.update(
             {
                 "participation/cohort_examples": float(self.registry.num_examples[cohort].sum()),
@@ -225,6 +208,45 @@ class Simulation:
         )
         return metrics
 
+    def _sent_round(self, round_idx: int) -> _SentRound:
+        """Round `round_idx` on its way to the workers: sent ahead by the last round, or now."""
+        pending, self._pending = self._pending, None
+        if pending is not None and pending.plan.round_idx == round_idx:
+            return pending
+        if pending is not None:  # sent ahead for another round: undo its planning
+            self.scheduler.now_s = pending.now_s
+        return self._send(round_idx)
+
+    def _send(self, round_idx: int) -> _SentRound:
+        """Plans round `round_idx` and sends its chunks off with `self._weights`.
+
+        The weights are a reference: the workers wait for the server to make them.
+        """
+        now_s = self.scheduler.now_s
+        plan = self.scheduler.plan(round_idx)
+        chunks = plan_chunks(self.experiment, plan.cohort)
+        examples = [float(self.registry.num_examples[chunk].sum()) for chunk in chunks]
+        work = assign(chunks, self.num_workers, examples)
+        trained = [
+            (node, worker.train.remote(self._weights, round_idx, mine, self.clip_norm))
+            for worker, node, mine in zip(self._workers, self._worker_nodes, work, strict=True)
+            if mine
+        ]
+        return _SentRound(plan, self._reduced(trained), now_s)
+
+    def _send_next(self, round_idx: int) -> None:
+        """Sends round `round_idx` ahead, if the run has it.
+
+        A round that cannot be planned is left to `run_round`, which plans it again and raises.
+        """
+        if round_idx >= self.experiment.rounds:
+            return
+        now_s = self.scheduler.now_s
+        try:
+            self._pending = self._send(round_idx)
+        except RoundFailedError:
+            self.scheduler.now_s = now_s
+
     def _from_server(self, ref: Any, round_idx: int) -> Any:
         """`ray.get(ref)` of a server call; a dead server raises `ServerDiedError`."""
         try:
@@ -233,14 +255,21 @@ class Simulation:
             raise ServerDiedError(f"the parameter server died in round {round_idx}") from error
 
     def state_dict(self) -> dict[str, Any]:
-        """The server's state and the scheduler's (clock and ledger), for a checkpoint."""
+        """The server's state and the scheduler's (clock and ledger), for a checkpoint.
+
+        A round sent ahead is not in it: the clock is the one from before it was planned.
+        """
+        scheduler = self.scheduler.state_dict()
+        if self._pending is not None:
+            scheduler["now_s"] = self._pending.now_s
         return {
             "server": self._from_server(self._server.state_dict.remote(), -1),
-            "scheduler": self.scheduler.state_dict(),
+            "scheduler": scheduler,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continues from `state_dict()` of a simulation of the same experiment."""
+        self._pending = None
         ray.get(self._server.load_state_dict.remote(state["server"]))
         self.scheduler.load_state_dict(state["scheduler"])
         self.clip_norm = state["server"]["clip_norm"]

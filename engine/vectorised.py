@@ -18,8 +18,9 @@ bit for bit, however the clients are chunked, grouped or spread over workers:
 - clients are ordered by their step counts, longest first, so the clients still moving at step
   s are a prefix of the group and the batched step runs on that prefix only: a client whose
   steps are used up drops out, and no padded step is ever computed;
-- a client's first `vectorise_steps` steps are batched; its later ones (the heavy tail of
-  client sizes, where few clients remain to batch) run one client at a time on the same loss.
+- a client's first `vectorise_steps` steps are batched (see `batched_steps`); its later ones
+  (the heavy tail of client sizes, where few clients remain to batch) run on the per-client
+  loop.
 
 Groups are at most as large as the memory budget (`vectorise_memory_mb`) allows.
 
@@ -42,6 +43,8 @@ from engine.client import ClientUpdate, LocalTraining, sgd_steps
 from engine.population import ClientData
 
 _HOOKS = ("loss", "begin_client", "round_stats")
+# Batched steps per client on a CPU when `vectorise_steps` is None (see `batched_steps`).
+CPU_BATCHED_STEPS = 8
 _CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 Weights = dict[str, torch.Tensor]
@@ -93,16 +96,29 @@ def batch_plan(
     return index, mask
 
 
-def max_group_size(num_params: int, example_numel: int, training: LocalTraining) -> int:
+def batched_steps(training: LocalTraining, device: torch.device, most: int) -> int:
+    """How many of each client's first steps are batched, when the longest client has `most`.
+
+    `training.vectorise_steps`, or if None: `CPU_BATCHED_STEPS` on a CPU (a batched step there
+    costs about as much as three looped ones, so the tail of a few large clients is cheaper on
+    the loop), every step on a GPU (where a looped step costs as much as a batched one).
+    """
+    chosen = training.vectorise_steps
+    if chosen is None:
+        chosen = CPU_BATCHED_STEPS if device.type == "cpu" else most
+    return min(chosen, most)
+
+
+def max_group_size(num_params: int, example_numel: int, training: LocalTraining, steps: int) -> int:
     """Clients one group may hold within `training.vectorise_memory_mb`.
 
     A rough bound per client, in float32 values: its parameters four times (weights, gradient,
-    momentum, a temporary), its gathered batches and activations, taken as
-    (`vectorise_steps` + 8) x its batch's input (this suits the small on-device models the path
+    momentum, a temporary), its gathered batches of `steps` batched steps and its activations,
+    taken as (`steps` + 8) x its batch's input (this suits the small on-device models the path
     is for).
     """
     batch_numel = training.batch_size * max(example_numel, 1)
-    per_client = 4 * (4 * num_params + (training.vectorise_steps + 8) * batch_numel)
+    per_client = 4 * (4 * num_params + (steps + 8) * batch_numel)
     return max(1, int(training.vectorise_memory_mb * 2**20 // per_client))
 
 
@@ -126,12 +142,14 @@ def train_clients(
     plans = [client_batches(len(d), training, r) for d, r in zip(datas, rngs, strict=True)]
     longest_first = sorted(range(len(datas)), key=lambda p: -len(plans[p]))
     example_numel = int(np.prod(datas[0].x.shape[1:])) if datas else 1
-    limit = max_group_size(len(params), example_numel, training)
+    steps = batched_steps(training, params.device, max((len(p) for p in plans), default=0))
+    limit = max_group_size(len(params), example_numel, training, steps)
     updates: list[ClientUpdate | None] = [None] * len(datas)
     for start in range(0, len(datas), limit):
         group = longest_first[start : start + limit]
+        group_plans = [plans[p] for p in group]
         trained = _train_group(
-            model, params, [datas[p] for p in group], [plans[p] for p in group], training
+            model, params, [datas[p] for p in group], group_plans, training, steps
         )
         for position, update in zip(group, trained, strict=True):
             updates[position] = update
@@ -144,13 +162,14 @@ def _train_group(
     datas: Sequence[ClientData],
     plans: Sequence[Sequence[np.ndarray]],
     training: LocalTraining,
+    steps: int,
 ) -> list[ClientUpdate]:
-    """Trains a group of clients together; `plans` come longest first."""
+    """Trains a group of clients (`plans` longest first): `steps` batched steps, then tails."""
     weights = _batched_params(model, params, len(datas))
     velocity = {k: torch.zeros_like(v) for k, v in weights.items()} if training.momentum else {}
-    loss_sums = _batched_phase(model, weights, velocity, datas, plans, training)
+    loss_sums = _batched_phase(model, weights, velocity, datas, plans, training, steps)
     for row, (data, batches) in enumerate(zip(datas, plans, strict=True)):
-        tail = batches[training.vectorise_steps :]
+        tail = batches[steps:]
         if tail:
             loss_sums[row] += _looped_tail(model, weights, velocity, row, data, tail, training)
     flat = torch.cat([w.reshape(len(datas), -1) for w in weights.values()], dim=1)
@@ -173,15 +192,16 @@ def _batched_phase(
     datas: Sequence[ClientData],
     plans: Sequence[Sequence[np.ndarray]],
     training: LocalTraining,
+    steps: int,
 ) -> np.ndarray:
-    """The first `vectorise_steps` steps of every client, batched; returns the loss sums."""
-    num_steps = min(training.vectorise_steps, len(plans[0]) if plans else 0)
+    """The first `steps` steps of every client, batched; returns the loss sums."""
+    num_steps = min(steps, len(plans[0]) if plans else 0)
     if num_steps == 0:
         return np.zeros(len(datas))
     device = next(iter(weights.values())).device
     index, mask = batch_plan(plans, num_steps, training.batch_size)
-    steps = np.array([len(batches) for batches in plans])
-    moving = (steps[:, None] > np.arange(num_steps)).sum(axis=0)  # longest first: a prefix
+    counts = np.array([len(batches) for batches in plans])
+    moving = (counts[:, None] > np.arange(num_steps)).sum(axis=0)  # longest first: a prefix
     xs, ys = _gathered(datas, index, device)
     mask_t = torch.from_numpy(mask).to(device=device, dtype=torch.float32)
     losses_of = _client_losses(model)

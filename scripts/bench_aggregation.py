@@ -55,11 +55,11 @@ from engine.aggregation import (
     SparsePartial,
 )
 from engine.aggregation.base import span_size
+from engine.chunks import split_chunks
 from engine.client import ClientUpdate
 from engine.models import MoETransformerLM, NextWordLM
 from engine.models.layout import ParameterLayout, Span
 from engine.settings import Cluster
-from engine.simulation import split_chunks
 
 TARGET_RATIO = 20.0
 TARGET_VOCAB = 100_000

@@ -38,6 +38,7 @@ import ray
 
 from engine.aggregation import DenseAggregator
 from engine.availability import AlwaysAvailable
+from engine.chunks import plan_chunks
 from engine.client import LocalTraining
 from engine.clock import RoundClock
 from engine.devices import LognormalDevices
@@ -48,13 +49,7 @@ from engine.population import SyntheticPopulation
 from engine.runner import peak_rss_mib, sha256_of, start_ray
 from engine.server import ParameterServer
 from engine.settings import Cluster, Evaluation, Privacy
-from engine.simulation import (
-    Simulation,
-    initial_weights,
-    make_scheduler,
-    plan_chunks,
-    server_args,
-)
+from engine.simulation import Simulation, initial_weights, make_scheduler, server_args
 from engine.workers import ClientWorker
 from mechanisms.clipping import NoClipping
 from mechanisms.noiseless import NoNoise

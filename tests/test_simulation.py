@@ -7,8 +7,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from engine.chunks import assign, split_chunks
 from engine.client import EvalStats
-from engine.simulation import Simulation, assign, split_chunks
+from engine.simulation import Simulation
 from tests.conftest import smoke_experiment
 
 

@@ -20,6 +20,7 @@ from engine.models import CNN, MLP, LogisticRegression, NextWordLM, flatten, ini
 from engine.population import ClientData
 from engine.vectorised import (
     batch_plan,
+    batched_steps,
     client_batches,
     max_group_size,
     prefers_vectorised,
@@ -103,7 +104,7 @@ def test_a_memory_budget_splits_the_chunk_without_changing_updates():
     params = torch.from_numpy(flatten(model))
     datas = _clients([5, 9, 2, 30, 11, 4])
     tiny = dataclasses.replace(TRAININGS[0], vectorise_memory_mb=0.5)
-    assert max_group_size(len(params), 784, tiny) < 6
+    assert max_group_size(len(params), 784, tiny, 8) < 6
     with one_thread():
         whole = train_clients(model, params, datas, TRAININGS[0], _rngs(6))
         split = train_clients(model, params, datas, tiny, _rngs(6))
@@ -195,6 +196,17 @@ def test_worker_partials_are_the_same_either_way(clip_norm):
             b.examples_seen,
         )
         assert a.bit_sum == b.bit_sum and a.loss_sum == pytest.approx(b.loss_sum, rel=1e-5)
+
+
+def test_batched_steps_default_to_a_few_on_a_cpu_and_all_on_a_gpu():
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert (
+        batched_steps(LocalTraining(), cpu, 50) == 8 and batched_steps(LocalTraining(), cpu, 5) == 5
+    )
+    assert batched_steps(LocalTraining(), gpu, 50) == 50
+    assert batched_steps(LocalTraining(vectorise_steps=3), gpu, 50) == 3
+    with pytest.raises(ConfigError, match=r"^vectorise_steps: must be >= 0 or null"):
+        LocalTraining(vectorise_steps=-1)
 
 
 def test_auto_vectorises_where_it_is_faster():
