@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 export WANDB_SILENT := true
 
-.PHONY: run test lint bench bench-population bench-privacy bench-aggregation bench-peers clean
+.PHONY: run test lint bench bench-steps bench-population bench-privacy bench-aggregation bench-peers clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -28,6 +28,9 @@ lint: $(STAMP)
 
 bench: $(STAMP)  ## Per-round overhead of fedray above a plain torch loop (JSON lines).
 	$(BIN)/python scripts/bench_overhead.py $(ARGS)
+
+bench-steps: $(STAMP)  ## Per-step fixed vs per-example cost of each model; loop vs vectorised clients.
+	$(BIN)/python scripts/bench_steps.py $(ARGS)
 
 bench-privacy: $(STAMP)  ## Noise time per round and memory of every mechanism; sensitivity and optimiser times.
 	$(BIN)/python scripts/bench_privacy.py $(ARGS)
