@@ -145,12 +145,7 @@ def train_client(
     x, y = torch.from_numpy(data.x).to(device), torch.from_numpy(data.y).to(device)
     begin_client(model, x, y)
     round_stats(model)  # discards what earlier calls (e.g. an evaluation) accumulated
-    batches = (
-        batch
-        for _ in range(training.epochs)
-        for batch in torch.from_numpy(rng.permutation(len(data))).split(training.batch_size)
-        if len(batch)  # an empty client has no batch (split gives it one empty one)
-    )
+    batches = (torch.from_numpy(b) for b in client_batches(len(data), training, rng))
     loss_sum = sgd_steps(model, x, y, batches, training, {})
     with torch.no_grad():
         delta = nn.utils.parameters_to_vector(model.parameters()) - params
@@ -161,6 +156,20 @@ def train_client(
         examples_seen=training.epochs * len(data),
         stats=round_stats(model),
     )
+
+
+def client_batches(
+    size: int, training: LocalTraining, rng: np.random.Generator
+) -> list[np.ndarray]:
+    """One client's batches: per epoch a permutation of its examples, split into `batch_size`.
+
+    The per-client loop and the vectorised path both take these; an empty client has none.
+    """
+    batches: list[np.ndarray] = []
+    for _ in range(training.epochs):
+        order = rng.permutation(size)
+        batches.extend(np.split(order, range(training.batch_size, size, training.batch_size)))
+    return [b for b in batches if len(b)]
 
 
 def sgd_steps(

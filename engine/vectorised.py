@@ -39,7 +39,7 @@ from torch import nn
 from torch.func import functional_call, vmap
 from torch.nn import functional as F  # noqa: N812
 
-from engine.client import ClientUpdate, LocalTraining, sgd_steps
+from engine.client import ClientUpdate, LocalTraining, client_batches, sgd_steps
 from engine.population import ClientData
 
 _HOOKS = ("loss", "begin_client", "round_stats")
@@ -65,17 +65,6 @@ def prefers_vectorised(model: nn.Module, device: torch.device) -> bool:
     if not supports_vectorised(model):
         return False
     return device.type == "cuda" or not any(isinstance(m, _CONVOLUTIONS) for m in model.modules())
-
-
-def client_batches(
-    size: int, training: LocalTraining, rng: np.random.Generator
-) -> list[np.ndarray]:
-    """The loop's batches of one client: per epoch a permutation, split into `batch_size`."""
-    batches: list[np.ndarray] = []
-    for _ in range(training.epochs):
-        order = rng.permutation(size)
-        batches.extend(np.split(order, range(training.batch_size, size, training.batch_size)))
-    return [b for b in batches if len(b)]
 
 
 def batch_plan(

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.aggregation import DenseAggregator
-from engine.client import LocalTraining, train_client
+from engine.client import LocalTraining, client_batches, train_client
 from engine.datasets import FemnistLikePopulation
 from engine.errors import ConfigError
 from engine.models import CNN, MLP, LogisticRegression, NextWordLM, flatten, init_parameters
@@ -21,7 +21,6 @@ from engine.population import ClientData
 from engine.vectorised import (
     batch_plan,
     batched_steps,
-    client_batches,
     max_group_size,
     prefers_vectorised,
     supports_vectorised,
