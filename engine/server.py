@@ -70,9 +70,9 @@ class ParameterServer:
         run (noise multiplier > 0): neither are those, nor byte counts that depend on the rows
         or experts touched (sparse and MoE partials; a dense partial's sizes are public).
 
-        `system/failed_clients` counts the clients whose training kept failing (the driver reads
-        which from the partials), `system/rejected_updates` those whose update was not finite:
-        neither is in the sum.
+        `system/failed_clients` counts the clients whose training kept failing (the driver
+        reads which from the workers' receipts), `system/rejected_updates` those whose update
+        was not finite: neither is in the sum.
 
         Args:
             round_idx: The round being applied.

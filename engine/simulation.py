@@ -17,7 +17,6 @@ import numpy as np
 import ray
 from ray.util.placement_group import PlacementGroup, remove_placement_group
 
-from engine.aggregation import Partial
 from engine.chunks import assign, plan_chunks
 from engine.client import EvalStats
 from engine.experiment import Experiment
@@ -28,7 +27,7 @@ from engine.population import ClientRegistry
 from engine.rng import Stream, generator
 from engine.schedule import RoundFailedError, RoundPlan, Scheduler
 from engine.server import ParameterServer
-from engine.workers import ClientWorker
+from engine.workers import ClientWorker, Receipt
 from mechanisms.clipping import AdaptiveClipping
 
 _INLINE_BYTES = 1 << 20
@@ -45,11 +44,13 @@ class _SentRound:
     Attributes:
         plan: The round as planned.
         refs: What the server will sum: the workers' (or node reducers') partials.
+        receipts: The workers' `Receipt`s: what the driver itself reads of the round.
         now_s: The scheduler's clock before the round was planned.
     """
 
     plan: RoundPlan
     refs: list[Any]
+    receipts: list[Any]
     now_s: float
 
 
@@ -173,10 +174,16 @@ class Simulation:
         """Runs one round and waits for the server to apply it; returns the round's metrics.
 
         Once this round's clients are trained, and before the server has applied them, the
-        round is committed to the ledger and the next round is planned and sent to the
-        workers, waiting there for the new weights (`_send_next`): no round trip to the driver
-        sits between two rounds. A failure in this round's server step still ends the run
+        round is committed to the ledger (which clients failed comes from the workers' small
+        receipts: the driver never fetches partials) and the next round is planned and sent
+        to the workers, waiting there for the new weights (`_send_next`): no round trip to
+        the driver sits between two rounds. A failure in this round's server step still ends the run
         before the next round's metrics exist.
+
+        Metrics include `system/train_s` (the slowest worker's training and summing),
+        `system/server_s` (the server's step) and `system/overhead_s`: the round's wall time
+        above those two, i.e. what Ray and the driver add. (A round sent ahead starts
+        training before this call; time the caller spends between rounds hides in it.)
         """
         start = time.perf_counter()
         sent = self._sent_round(round_idx)
@@ -184,8 +191,8 @@ class Simulation:
         self._weights, stats_ref = self._server.apply.options(num_returns=2).remote(
             round_idx, *sent.refs
         )
-        partials: list[list[Partial]] = ray.get(sent.refs)
-        failed = np.sort(np.array([c for ps in partials for p in ps for c in p.failed], np.int64))
+        receipts: list[Receipt] = ray.get(sent.receipts)
+        failed = np.sort(np.array([c for receipt in receipts for c in receipt.failed], np.int64))
         self.scheduler.commit(sent.plan, exclude=failed)
         if self._pipelined:
             self._send_next(round_idx + 1)
@@ -198,12 +205,15 @@ class Simulation:
             raise RuntimeError(f"round {round_idx}: every client failed (see the errors above)")
         self.clip_norm = metrics.pop("privacy/next_clip_norm", self.clip_norm)
         round_s = time.perf_counter() - start
+        train_s = max(receipt.train_s for receipt in receipts)
         metrics.update(sent.plan.metrics())
         metrics.update(
             {
                 "participation/cohort_examples": float(self.registry.num_examples[cohort].sum()),
                 "system/round_s": round_s,
                 "system/client_updates_per_s": len(cohort) / round_s,
+                "system/train_s": train_s,
+                "system/overhead_s": round_s - train_s - metrics["system/server_s"],
             }
         )
         return metrics
@@ -227,12 +237,20 @@ class Simulation:
         chunks = plan_chunks(self.experiment, plan.cohort)
         examples = [float(self.registry.num_examples[chunk].sum()) for chunk in chunks]
         work = assign(chunks, self.num_workers, examples)
-        trained = [
-            (node, worker.train.remote(self._weights, round_idx, mine, self.clip_norm))
+        calls = [
+            (node, self._train(worker, round_idx, mine))
             for worker, node, mine in zip(self._workers, self._worker_nodes, work, strict=True)
             if mine
         ]
-        return _SentRound(plan, self._reduced(trained), now_s)
+        partials = self._reduced([(node, refs[0]) for node, refs in calls])
+        return _SentRound(plan, partials, [refs[1] for _, refs in calls], now_s)
+
+    def _train(self, worker: Any, round_idx: int, chunks: list[np.ndarray]) -> Any:
+        """Sends `chunks` to `worker`; returns the refs to its partials and its receipt."""
+        sizes = [len(chunk) for chunk in chunks]
+        return worker.train_with_receipt.options(num_returns=2).remote(
+            self._weights, round_idx, np.concatenate(chunks), sizes, self.clip_norm
+        )
 
     def _send_next(self, round_idx: int) -> None:
         """Sends round `round_idx` ahead, if the run has it.

@@ -11,7 +11,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import sys
+import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TypeVar
 
 import numpy as np
@@ -19,6 +21,7 @@ import torch
 from torch import nn
 
 from engine.aggregation import Aggregator, Partial
+from engine.aggregation.packed import PackedPartials
 from engine.client import (
     ClientUpdate,
     EvalStats,
@@ -36,6 +39,19 @@ from engine.vectorised import prefers_vectorised, train_clients
 from mechanisms.clipping import clip_update
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """What the driver needs to know of a worker's round, without fetching its partials.
+
+    Attributes:
+        failed: The clients whose training kept failing (not summed), in chunk order.
+        train_s: Seconds the call spent training and summing its chunks.
+    """
+
+    failed: tuple[int, ...]
+    train_s: float
 
 
 class ClientWorker:
@@ -111,6 +127,33 @@ class ClientWorker:
         first_client = int(chunks[0][0]) if chunks and len(chunks[0]) else -1
         self._faults.maybe_crash(self._seed, round_idx, first_client)  # before returning
         return partials
+
+    def train_with_receipt(
+        self,
+        weights: np.ndarray,
+        round_idx: int,
+        ids: np.ndarray,
+        chunk_sizes: Sequence[int],
+        clip_norm: float | None = None,
+    ) -> tuple[PackedPartials, Receipt]:
+        """`train` as the driver calls it: two returns, of which the driver reads the second.
+
+        Args:
+            weights: The round's weights.
+            round_idx: The round.
+            ids: The worker's chunks, concatenated (one array to ship, not one per chunk).
+            chunk_sizes: The chunks' sizes, in order.
+            clip_norm: As for `train`.
+
+        Returns:
+            The chunk partials packed for the server (`PackedPartials`), and the call's
+            `Receipt`: the driver learns which clients failed without fetching partials.
+        """
+        start = time.perf_counter()
+        chunks = np.split(ids, np.cumsum(chunk_sizes)[:-1])
+        partials = self.train(weights, round_idx, chunks, clip_norm)
+        failed = tuple(client for partial in partials for client in partial.failed)
+        return PackedPartials(partials), Receipt(failed, time.perf_counter() - start)
 
     def _updates(
         self, params: torch.Tensor, round_idx: int, ids: list[int]

@@ -7,6 +7,12 @@ Runs the same FedAvg workload (logistic regression on the synthetic population) 
 - ``fedray_w1``: fedray with 1 client worker;
 - ``fedray_w2``: fedray with 2 client workers.
 
+Each fedray line also splits its own steady rounds, measured inside the run: `inrun_train_ms`
+(the slowest worker's training and summing), `inrun_server_ms` (the server's step) and
+`inrun_overhead_ms`, the round's wall time above those two: what Ray and the driver add, free of
+the noise between two processes. `ray_call_ms` is a no-op Ray actor call (submit and wait) in
+the same run, for scale: a round needs two actor calls, one to the workers and one to the server.
+
 Each runs with the vectorised client path (`training.vectorise=on`, a chunk's clients as one
 batched computation) and with the per-client loop (`off`). Every (system, population, cohort,
 path) case runs in its own fresh subprocess, so that its cold start and the driver's peak RSS are
@@ -217,14 +223,15 @@ def run_case(case: Case) -> dict[str, Any]:
         case.vectorise,
     )
     runner = _start(case, experiment)
-    ends, durations = [], []
+    ends, durations, metrics = [], [], []
     for round_idx in range(case.rounds):
         begin = time.perf_counter()
-        runner.run_round(round_idx)
+        metrics.append(runner.run_round(round_idx))
         ends.append(time.perf_counter())
         durations.append(ends[-1] - begin)
     peak_rss = peak_rss_mib()
     model_sha256 = sha256_of(np.ascontiguousarray(runner.weights()).tobytes())
+    inrun = {} if case.system == "floor" else {**_inrun_split(metrics[1:]), **_ray_call_ms()}
     _stop(case)
     steady = durations[1:]
     return {
@@ -241,7 +248,38 @@ def run_case(case: Case) -> dict[str, Any]:
         "cold_start_process_s": since_process + ends[0] - start,
         "driver_peak_rss_mib": round(peak_rss, 1),
         "model_sha256": model_sha256,
+        **inrun,
     }
+
+
+def _inrun_split(metrics: Sequence[dict[str, float]]) -> dict[str, float]:
+    """Medians (ms) of a fedray run's own split of its steady rounds (`Simulation.run_round`)."""
+    keys = {"train": "system/train_s", "server": "system/server_s", "overhead": "system/overhead_s"}
+    return {
+        f"inrun_{name}_ms": round(1e3 * statistics.median(m[key] for m in metrics), 3)
+        for name, key in keys.items()
+    }
+
+
+class _Echo:
+    """An actor that does nothing: the cost of a Ray actor call itself."""
+
+    def echo(self, value: Any) -> Any:
+        """Returns `value`."""
+        return value
+
+
+def _ray_call_ms(calls: int = 200) -> dict[str, float]:
+    """Median ms of one no-op actor call, submitted and waited for (after a warm-up)."""
+    echo: Any = ray.remote(num_cpus=0)(_Echo).remote()
+    ray.get([echo.echo.remote(0) for _ in range(10)])
+    times = []
+    for _ in range(calls):
+        begin = time.perf_counter()
+        ray.get(echo.echo.remote(0))
+        times.append(time.perf_counter() - begin)
+    ray.kill(echo)
+    return {"ray_call_ms": round(1e3 * statistics.median(times), 3)}
 
 
 def _run_child(case: Case) -> dict[str, Any]:

@@ -35,6 +35,8 @@ KEYS = {
     "ratio_to_floor",
 }
 
+INRUN = {"inrun_train_ms", "inrun_server_ms", "inrun_overhead_ms", "ray_call_ms"}
+
 
 def _load_script() -> ModuleType:
     spec = importlib.util.spec_from_file_location("bench_overhead", SCRIPT)
@@ -68,7 +70,8 @@ def test_script_prints_one_json_line_per_case_with_the_floor_first(lines):
         ("fedray_w1", "on"),
     ]
     for line in lines:
-        assert set(line) == KEYS | ({"speedup_vs_loop"} if line["vectorise"] == "on" else set())
+        extra = {"speedup_vs_loop"} if line["vectorise"] == "on" else set()
+        assert set(line) == KEYS | extra | (INRUN if line["system"] != "floor" else set())
         assert line["bench"] == "overhead"
         assert (line["num_clients"], line["cohort_size"], line["rounds"]) == (1000, 10, 3)
         for key in ("steady_round_s", "steady_round_s_mean", "steady_round_s_p90"):
@@ -83,6 +86,11 @@ def test_script_prints_one_json_line_per_case_with_the_floor_first(lines):
         assert vectorised["speedup_vs_loop"] == pytest.approx(
             loop["steady_round_s"] / vectorised["steady_round_s"], rel=1e-2
         )
+    for line in lines[2:]:  # fedray's own split of its rounds
+        assert line["inrun_train_ms"] > 0 and line["inrun_server_ms"] > 0
+        assert line["ray_call_ms"] > 0
+        split = line["inrun_train_ms"] + line["inrun_server_ms"] + line["inrun_overhead_ms"]
+        assert split == pytest.approx(1e3 * line["steady_round_s"], rel=0.5)  # medians apart
     # The floor does fedray's arithmetic in the same order: bit-identical final weights.
     assert lines[0]["model_sha256"] == lines[2]["model_sha256"]
     assert lines[1]["model_sha256"] == lines[3]["model_sha256"]

@@ -82,6 +82,20 @@ def test_a_client_that_keeps_failing_is_left_out(capsys):
     assert f"client {failed[0]} failed 3 times (InjectedClientError" in err
 
 
+def test_the_receipt_names_the_failed_clients_of_every_chunk_in_order():
+    chunks = np.array_split(np.arange(30), 3)
+    worker, weights = _worker(client_failure_prob=0.2), _weights()
+    packed, receipt = worker.train_with_receipt(weights, 0, np.arange(30), [10, 10, 10])
+    partials = worker.train(weights, 0, chunks)  # the same call, unpacked
+    failed = [c for partial in partials for c in partial.failed]
+    assert receipt.failed == tuple(failed) and len(failed) > 0
+    assert receipt.train_s > 0
+    assert len(packed) == 3
+    for got, expected in zip(packed, partials, strict=True):
+        np.testing.assert_array_equal(got.update_sum, expected.update_sum)
+        assert (got.failed, got.num_clients) == (expected.failed, expected.num_clients)
+
+
 @pytest.mark.usefixtures("ray_session")
 def test_failed_clients_are_not_in_the_ledger_and_rejected_ones_are():
     _, counts, metrics = _run("faults.client_failure_prob=0.2", "faults.nan_update_prob=0.2")

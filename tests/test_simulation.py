@@ -81,6 +81,10 @@ def test_round_metrics_and_learning():
     assert all(m["participation/reported"] == 30 for m in rounds)
     assert all(m["participation/clients_aggregated"] == 30 for m in rounds)
     assert all(m["system/round_s"] > 0 and m["train/loss"] > 0 for m in rounds)
+    for m in rounds:  # the round's wall time splits into compute and what Ray adds
+        assert m["system/train_s"] > 0 and m["system/server_s"] > 0
+        total = m["system/train_s"] + m["system/server_s"] + m["system/overhead_s"]
+        assert total == pytest.approx(m["system/round_s"])
     assert after["eval/loss"] < before["eval/loss"]
     assert after["eval/accuracy"] > after["eval/majority_class_rate"] + 0.1
 

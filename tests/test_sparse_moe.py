@@ -21,6 +21,7 @@ from engine.aggregation import (
     SparseAggregator,
     SparsePartial,
 )
+from engine.aggregation.packed import PackedPartials
 from engine.aggregation.sparse import add_rows
 from engine.client import ClientUpdate, LocalTraining
 from engine.errors import ConfigError
@@ -419,7 +420,10 @@ def test_worker_partials_equal_the_dense_ones_and_are_clipped(factory, aggregato
     weights = nn.utils.parameters_to_vector(model.parameters()).detach().numpy()
     chunks = [np.array([0, 1, 2]), np.array([3]), np.array([7, 8])]
     structured, dense = (w.train(weights, 0, chunks, clip) for w in workers)
-    for mine, theirs in zip(structured, dense, strict=True):
+    packed = pickle.loads(pickle.dumps(PackedPartials(structured)))  # as they travel
+    for mine, theirs, wired in zip(structured, dense, packed, strict=True):
+        assert type(wired) is type(mine)
+        np.testing.assert_array_equal(wired.dense_sum(), mine.dense_sum())
         np.testing.assert_array_equal(mine.dense_sum(), theirs.update_sum)
         assert mine.nbytes < theirs.nbytes
     if clip is not None:  # a one-client chunk's sum is that client's clipped update
