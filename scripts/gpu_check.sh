@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# GPU check, at most 5 minutes. First tests/test_gpu.py (GPU results equal CPU ones to float
-# rounding), then three short runs with the parameter server on the GPU, each printing client
-# updates per second and peak GPU memory as one JSON line: the MoE LM with 4 client workers
-# sharing the GPU (0.25 each); the vectorised FEMNIST-like CNN with one worker on the whole GPU,
-# then with 4 workers at 0.25 each.
+# GPU check, at most 6 minutes. First tests/test_gpu.py (GPU results equal CPU ones to float
+# rounding); then scripts/bench_gpu_loop.py (client updates per second of fedray's loop and
+# vectorised paths against a hand-written pure-torch loop, same clients, same GPU); then three
+# short runs with the parameter server on the GPU, each printing client updates per second and
+# peak GPU memory as one JSON line: the MoE LM with 4 client workers sharing the GPU (0.25
+# each); the vectorised FEMNIST-like CNN with one worker on the whole GPU, then with 4 workers
+# at 0.25 each. A failing step does not stop the later ones; the exit status is 1 if any failed.
 #
 # Needs a CUDA build of torch in the environment (`make test` installs the CPU build; a GPU
 # user installs CUDA torch over it). Usage: bash scripts/gpu_check.sh [extra fedray overrides]
@@ -17,8 +19,19 @@ trap 'kill "$SMI" 2>/dev/null || true; rm -rf "$OUT"' EXIT
 
 "$PYTHON" -c 'import torch, sys; ok = torch.cuda.is_available(); print("cuda:", ok, torch.__version__, torch.cuda.get_device_name(0) if ok else ""); sys.exit(0 if ok else 1)'
 
+FAILED=()
+# step NAME command...: runs one step, remembering a failure instead of stopping.
+step() {
+  local name=$1
+  shift
+  echo "== $name"
+  "$@" || FAILED+=("$name")
+}
+
 # The GPU paths against the CPU's results (server on the device, client training on it).
-"$PYTHON" -m pytest -q -p no:cacheprovider tests/test_gpu.py
+step tests "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_gpu.py
+# fedray's training paths against a pure-torch loop on the same GPU (no Ray).
+step torch_loop "$PYTHON" scripts/bench_gpu_loop.py --clients 200 --repeats 3
 
 # One case: a fedray run with its own nvidia-smi sampler; prints one JSON line.
 #   check NAME WORKERS GPUS_PER_WORKER TIMEOUT_S overrides...
@@ -51,9 +64,15 @@ PY
 }
 
 # The MoE LM: 4 workers sharing the GPU, the server on it.
-check moe_lm 4 0.25 100 experiment=moe_lm rounds=20 participation.cohort_size=64 "$@"
+step moe_lm check moe_lm 4 0.25 100 experiment=moe_lm rounds=20 participation.cohort_size=64 "$@"
 # The vectorised CNN (FEMNIST-like): one worker on the whole GPU, then 4 at 0.25 each.
 CNN=(population=femnist model=cnn training.vectorise=on training.lr=0.05 rounds=20
   participation.cohort_size=200 eval.num_clients=200)
-check cnn_w1 1 1 80 "${CNN[@]}" "$@"
-check cnn_w4 4 0.25 80 "${CNN[@]}" "$@"
+step cnn_w1 check cnn_w1 1 1 80 "${CNN[@]}" "$@"
+step cnn_w4 check cnn_w4 4 0.25 80 "${CNN[@]}" "$@"
+
+if ((${#FAILED[@]})); then
+  echo "gpu_check: failed: ${FAILED[*]}"
+  exit 1
+fi
+echo "gpu_check: all steps passed"
