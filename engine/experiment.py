@@ -21,6 +21,7 @@ from engine.clock import RoundClock
 from engine.devices import DeviceProfiles
 from engine.errors import ConfigError, require
 from engine.faults import Faults
+from engine.fit import check_fit
 from engine.participation import ParticipationBound, ParticipationPolicy
 from engine.population import Population
 from engine.rng import require_seed
@@ -116,6 +117,7 @@ def _model_factory(cfg: DictConfig, population: Population) -> Callable[[], nn.M
     factory: Callable[[], nn.Module] = _checked(
         "model", lambda: hydra.utils.instantiate(cfg.model, _partial_=True, **shape)
     )
+    check_fit(factory, population)  # e.g. an LM on feature vectors: one line, before Ray starts
     _checked("model", factory)  # build one now, so that impossible sizes fail before Ray starts
     return factory
 

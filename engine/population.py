@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from enum import Enum
 from functools import cached_property
+from typing import ClassVar
 
 import numpy as np
 
@@ -33,6 +35,35 @@ class ClientData:
 
     def __len__(self) -> int:
         return len(self.y)
+
+
+class InputKind(Enum):
+    """What a client's `x` holds, and so what the population's sizes mean (see `ClientData`).
+
+    FEATURES: float vectors [n, d]; `num_features` is d, `num_classes` the number of labels.
+    TOKENS: token ids [n, seq] with next tokens y; `num_features` is seq, `num_classes` the
+    vocabulary size. ITEMS: rated item ids [n] with rating levels y; `num_features` is the item
+    count, `num_classes` the number of rating levels.
+    """
+
+    FEATURES = "feature vectors"
+    TOKENS = "token sequences"
+    ITEMS = "rated item ids"
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """The inputs a population gives, or that a model needs (`engine.fit` checks they fit).
+
+    Attributes:
+        kind: What a client's `x` holds.
+        num_features: The number of features when it is fixed (a CNN needs 28 x 28 = 784); None
+            when any will do (a model) or when the config or the data files decide (a
+            population).
+    """
+
+    kind: InputKind
+    num_features: int | None = None
 
 
 @dataclass(frozen=True)
@@ -66,6 +97,8 @@ class Population(ABC):
     num_clients: int
     num_classes: int
     num_features: int
+    # What its clients' x hold; None: undeclared, so no model is checked against it.
+    inputs: ClassVar[Inputs | None] = None
 
     @abstractmethod
     def num_examples(self, ids: np.ndarray) -> np.ndarray:
@@ -133,6 +166,7 @@ class SyntheticPopulation(LognormalExamples, Population):
         max_examples: Largest example count.
     """
 
+    inputs: ClassVar[Inputs] = Inputs(InputKind.FEATURES)  # num_features is set by the config
     num_clients: int = 1_000_000
     seed: int = 0
     num_features: int = 60

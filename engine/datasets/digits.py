@@ -7,12 +7,14 @@ inside its package; `load_digits` reads them from there.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
 from engine.datasets.arrays import ArrayPopulation, FederatedArrays, Partition
 from engine.datasets.partition import dirichlet_partition
 from engine.errors import require
+from engine.population import InputKind, Inputs
 from engine.rng import Stream, generator, require_seed
 
 # Keys of the PARTITION streams: train/test split, training clients, held-out clients.
@@ -38,6 +40,7 @@ class DigitsDirichlet(ArrayPopulation):
         num_held_out_clients: Number of held-out clients, at most the number of test images.
     """
 
+    inputs: ClassVar[Inputs] = Inputs(InputKind.FEATURES, num_features=64)  # 8 x 8 pixels
     num_clients: int = 100
     alpha: float = 0.5
     seed: int = 0

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import ClassVar
 
 import numpy as np
 
 from engine.errors import require
-from engine.population import ClientData, LognormalExamples, Population
+from engine.population import ClientData, InputKind, Inputs, LognormalExamples, Population
 from engine.rng import Stream, generator, require_seed
 
 SIDE = 28
@@ -66,6 +67,7 @@ class FemnistLikePopulation(LognormalExamples, Population):
         num_features: 784 (derived).
     """
 
+    inputs: ClassVar[Inputs] = Inputs(InputKind.FEATURES, num_features=SIDE * SIDE)
     num_clients: int = 100_000
     seed: int = 0
     num_classes: int = 62

@@ -12,11 +12,11 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from engine.datasets.loading import FilePopulation, client_from_raw, one_line
 from engine.errors import ConfigError, require
-from engine.population import ClientData
+from engine.population import ClientData, InputKind, Inputs
 
 _KEYS = ("users", "num_samples", "user_data")
 
@@ -126,6 +126,7 @@ class LeafPopulation(FilePopulation):
         held_out_fraction: Share of users held out when there is no `test_path`, in [0, 1).
     """
 
+    inputs: ClassVar[Inputs] = Inputs(InputKind.FEATURES)  # num_features: the file's
     path: str
     test_path: str | None = None
     seed: int = 0

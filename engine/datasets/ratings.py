@@ -15,12 +15,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import ClassVar
 
 import numpy as np
 from scipy.special import ndtri
 
 from engine.errors import require
-from engine.population import ClientData, Population
+from engine.population import ClientData, InputKind, Inputs, Population
 from engine.rng import Stream, generator, lognormal_counts, require_seed
 
 # Cumulative share of 1, 2, 3 and 4 stars in MovieLens-100K (the rest are 5 stars):
@@ -62,6 +63,7 @@ class RatingsPopulation(Population):
         num_features: Equals `num_items` (not a constructor argument).
     """
 
+    inputs: ClassVar[Inputs] = Inputs(InputKind.ITEMS)
     num_clients: int = 100_000
     num_items: int = 2000
     seed: int = 0

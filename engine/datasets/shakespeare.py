@@ -14,13 +14,13 @@ features with the last id as the label, which keeps its partitions and held-out 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from engine.datasets.leaf import read_leaf
 from engine.datasets.loading import FilePopulation
-from engine.population import ClientData
+from engine.population import ClientData, InputKind, Inputs
 
 VOCABULARY = "\n" + "".join(chr(code) for code in range(32, 127))
 OOV = 0
@@ -91,6 +91,7 @@ class ShakespearePopulation(FilePopulation):
         held_out_fraction: Share of users held out when there is no `test_path`, in [0, 1).
     """
 
+    inputs: ClassVar[Inputs] = Inputs(InputKind.TOKENS)
     path: str
     test_path: str | None = None
     seed: int = 0

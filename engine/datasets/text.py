@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import ClassVar
 
 import numpy as np
 
 from engine.errors import require
-from engine.population import ClientData, Population
+from engine.population import ClientData, InputKind, Inputs, Population
 from engine.rng import Stream, generator, lognormal_counts, require_seed
 
 # Modulus of the per-topic successor hash (a prime; keeps (a * token + b) within int64).
@@ -61,6 +62,7 @@ class ZipfTextPopulation(Population):
         num_classes: vocab_size (derived).
     """
 
+    inputs: ClassVar[Inputs] = Inputs(InputKind.TOKENS)
     num_clients: int = 100_000
     seed: int = 0
     vocab_size: int = 10_000

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from engine.datasets.loading import FilePopulation, client_from_raw, one_line
 from engine.errors import ConfigError, require
-from engine.population import ClientData
+from engine.population import ClientData, InputKind, Inputs
 
 _EXAMPLES = "examples"
 
@@ -79,6 +80,7 @@ class H5Population(FilePopulation):
         held_out_fraction: Share of clients held out when there is no `test_path`, in [0, 1).
     """
 
+    inputs: ClassVar[Inputs] = Inputs(InputKind.FEATURES)  # num_features: the file's
     path: str
     x_key: str = "pixels"
     y_key: str = "label"

@@ -3,6 +3,8 @@
 A model is an `nn.Module` built as `Model(num_features, num_classes, **config)`, whose
 `parameters()` order is the layout of the flat vector (see `flatten`). `forward(x)` returns
 logits [n, num_classes], or [n, seq, num_classes] for a sequence model (token ids [n, seq]).
+Every model class declares `inputs` (`engine.population.Inputs`), the data it needs, which
+`engine.fit` checks against the population's own declaration before a run starts.
 
 Optional hooks, duck-typed and called by `engine.client` when present:
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
 from engine.errors import require
+from engine.population import InputKind, Inputs
 
 
 class LogisticRegression(nn.Module):
@@ -16,6 +19,8 @@ class LogisticRegression(nn.Module):
         num_features: Input dimension.
         num_classes: Number of classes.
     """
+
+    inputs: ClassVar[Inputs] = Inputs(InputKind.FEATURES)
 
     def __init__(self, num_features: int, num_classes: int) -> None:
         super().__init__()
@@ -34,6 +39,8 @@ class MLP(nn.Module):
         num_classes: Number of classes.
         hidden: Width of the hidden layer.
     """
+
+    inputs: ClassVar[Inputs] = Inputs(InputKind.FEATURES)
 
     def __init__(self, num_features: int, num_classes: int, hidden: int = 64) -> None:
         super().__init__()
@@ -57,6 +64,8 @@ class CNN(nn.Module):
         num_classes: Number of classes.
         hidden: Width of the dense hidden layer.
     """
+
+    inputs: ClassVar[Inputs] = Inputs(InputKind.FEATURES, num_features=28 * 28)
 
     def __init__(self, num_features: int, num_classes: int, hidden: int = 56) -> None:
         super().__init__()

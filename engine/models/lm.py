@@ -17,12 +17,14 @@ paper's 1,422,250).
 from __future__ import annotations
 
 import hashlib
+from typing import ClassVar
 
 import torch
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
 from engine.errors import require
+from engine.population import InputKind, Inputs
 
 
 class OutputBias(nn.Module):
@@ -89,6 +91,8 @@ class NextWordLM(nn.Module):
         sampled_softmax: Negatives per batch for the sampled training softmax; None for the
             full softmax.
     """
+
+    inputs: ClassVar[Inputs] = Inputs(InputKind.TOKENS)
 
     def __init__(
         self,

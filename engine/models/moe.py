@@ -24,7 +24,7 @@ statistics are read on the host: the model runs on the per-client loop, not unde
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import numpy as np
 import torch
@@ -33,6 +33,7 @@ from torch.nn import functional as F  # noqa: N812
 
 from engine.errors import require
 from engine.models.lm import OutputBias
+from engine.population import InputKind, Inputs
 
 
 class Routing(NamedTuple):
@@ -201,6 +202,8 @@ class MoETransformerLM(nn.Module):
         normalize_gates: Renormalise a token's top-k gates to sum to 1 (GShard).
         dense: Build the dense counterpart: feed-forwards of width top_k * expert_hidden.
     """
+
+    inputs: ClassVar[Inputs] = Inputs(InputKind.TOKENS)
 
     def __init__(
         self,

@@ -21,6 +21,7 @@ Splits are told apart by item id: a user rates an item at most once.
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -29,6 +30,7 @@ from torch.nn import functional as F  # noqa: N812
 
 from engine.errors import require
 from engine.models.params import init_parameters
+from engine.population import InputKind, Inputs
 
 
 class ReconstructionMF(nn.Module):
@@ -59,6 +61,8 @@ class ReconstructionMF(nn.Module):
         level_bias: Global, [K].
         user: Local, [r + 1] (factor then bias): the last reconstructed user, plain tensor.
     """
+
+    inputs: ClassVar[Inputs] = Inputs(InputKind.ITEMS)
 
     def __init__(
         self,
