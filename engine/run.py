@@ -26,7 +26,7 @@ from engine.config import register_configs
 from engine.errors import ConfigError
 from engine.experiment import as_dict, build_experiment
 from engine.runner import RunStoppedError, run_experiment, sha256_of
-from engine.settings import Tracking
+from engine.settings import CLUSTER_SPEED_ONLY, Tracking
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
 _MULTIRUN_FLAGS = ("-m", "--multirun")
@@ -70,26 +70,33 @@ def check_command_line(args: list[str]) -> None:
     Raises:
         ConfigError: naming the first invalid key.
     """
-    register_configs()
     overrides = [a for a in args if a not in _MULTIRUN_FLAGS]
     try:
-        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            cfg = compose(config_name="config", overrides=_first_of_sweeps(overrides))
+        cfg = _composed(overrides)
     except (HydraException, OmegaConfBaseException) as err:
         raise _composition_error(err) from None
     build_experiment(cfg)
 
 
+def _composed(overrides: list[str]) -> DictConfig:
+    """The config of a command line's overrides (a sweep's first job)."""
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=_first_of_sweeps(overrides))
+
+
 def with_resume(args: list[str]) -> list[str]:
     """The command line of `fedray resume=DIR ...`: DIR's own overrides, then these, into DIR.
 
-    A resumed run keeps its config: an override that contradicts one DIR was run with is an
-    error. New ones (tracking, cluster) are kept; any other change is caught when the config is
-    compared with the checkpoint's.
+    A resumed run keeps what decides its results. An override of `tracking` or of a cluster
+    setting that changes only speed (`CLUSTER_SPEED_ONLY`) replaces DIR's; any other that
+    contradicts one DIR was run with is an error. New ones are kept, and the config they make is
+    compared with DIR's checkpoint here, before Hydra writes the new overrides into DIR: a
+    change of results (`cluster.chunk_size`, say) is refused and leaves DIR as it was.
 
     Raises:
-        ConfigError: Under `resume`, if DIR is not a fedray output directory or an override
-            contradicts DIR's.
+        ConfigError: Under `resume`, if DIR is not a fedray output directory, an override
+            contradicts DIR's, or the config is not the checkpoint's (naming the keys).
     """
     given = [arg for arg in args if arg.startswith("resume=")]
     if not given:
@@ -100,17 +107,28 @@ def with_resume(args: list[str]) -> list[str]:
         raise ConfigError("resume", f"{directory}: not a fedray output directory (no {saved_path})")
     saved = [str(o) for o in OmegaConf.load(saved_path) if not str(o).startswith("resume=")]
     saved_by_key = {override.partition("=")[0]: override for override in saved}
+    speed_only = {f"cluster.{key}" for key in CLUSTER_SPEED_ONLY}
     extra = []
     for arg in args:
         key = arg.partition("=")[0]
         if arg in _MULTIRUN_FLAGS or key == "resume" or saved_by_key.get(key) == arg:
             continue
         if key in saved_by_key:
-            raise ConfigError(
-                "resume", f"{directory} was run with {saved_by_key[key]}; it cannot resume as {arg}"
-            )
+            if key != "tracking" and not key.startswith("tracking.") and key not in speed_only:
+                raise ConfigError(
+                    "resume",
+                    f"{directory} was run with {saved_by_key[key]}; it cannot resume as {arg}",
+                )
+            saved.remove(saved_by_key.pop(key))
         extra.append(arg)
-    return [*saved, *extra, f"resume={directory}", f"hydra.run.dir={directory}"]
+    resumed = [*saved, *extra, f"resume={directory}", f"hydra.run.dir={directory}"]
+    if (directory / FILE_NAME).is_file():
+        try:
+            config = as_dict(_composed(resumed))
+        except (HydraException, OmegaConfBaseException):
+            return resumed  # `check_command_line` names the error
+        _checkpoint_to_resume(str(directory), config)
+    return resumed
 
 
 def main() -> None:

@@ -9,6 +9,9 @@ from engine.errors import require
 TRACKING_MODES = ("disabled", "offline", "online")
 MAX_CHUNK = 10_000
 TARGET_CHUNKS = 16
+# The `Cluster` settings that change only how fast a run goes, never its results (a resumed
+# run may change them); the others are part of what defines a run.
+CLUSTER_SPEED_ONLY = ("num_workers", "num_cpus", "address")
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,14 @@ class Evaluation:
 @dataclass(frozen=True)
 class Cluster:
     """Where and how wide the simulation runs.
+
+    The settings split into those that change only speed, `CLUSTER_SPEED_ONLY` (`num_workers`,
+    `num_cpus`, `address`: on one node, results are bit for bit the same whatever they are),
+    and those that can change results, which a resumed run must keep: `chunk_size` and
+    `reduce_per_node` decide the order of float sums, and `gpus_per_worker` and `server_gpu`
+    whether they are rounded as a GPU rounds them. (Across several nodes with `reduce_per_node`
+    null, where partials are summed per node first, the placement of the workers can move
+    results by float rounding.)
 
     Attributes:
         num_workers: Client-worker actors; None means one per CPU of the Ray cluster.
