@@ -13,6 +13,8 @@ import numpy as np
 
 from engine.errors import require
 
+PRIVATE_TIMED_EXAMPLES = 32
+
 
 @dataclass(frozen=True)
 class RoundClock:
@@ -34,6 +36,15 @@ class RoundClock:
         retry_after_s: Seconds between a failed attempt's deadline and the next attempt.
         max_attempts: Failed attempts of one round before the run stops with an error.
         start_h: Simulated time of the first round, in hours.
+        timed_examples: Examples every client is timed for; None: its own example count. A
+            private run never times a client by its own count, which is its data: with None it
+            times every client for `PRIVATE_TIMED_EXAMPLES`, so that who reports in time, the
+            cohort that follows and the simulated clock depend on no client's data.
+
+    Guarantees:
+        With `timed_examples` set (as a private run always has it), which clients report and
+        when is a function of the seed, the devices and availability: public, so the
+        participation ledger, and the accountant's (k, b), do not depend on the clients' data.
     """
 
     deadline_s: float = 600.0
@@ -44,6 +55,7 @@ class RoundClock:
     retry_after_s: float = 600.0
     max_attempts: int = 100
     start_h: float = 0.0
+    timed_examples: int | None = None
 
     def __post_init__(self) -> None:
         require(self.deadline_s > 0, "deadline_s", f"must be > 0, got {self.deadline_s}")
@@ -55,6 +67,22 @@ class RoundClock:
         require(self.retry_after_s >= 0, "retry_after_s", "must be >= 0")
         require(self.max_attempts >= 1, "max_attempts", "must be >= 1")
         require(self.start_h >= 0, "start_h", "must be >= 0")
+        timed = self.timed_examples
+        require(timed is None or timed >= 1, "timed_examples", f"must be >= 1, got {timed}")
+
+    def timed_counts(self, num_examples: np.ndarray, private: bool) -> np.ndarray:
+        """The example count each client is timed for, from the population's counts.
+
+        Args:
+            num_examples: Each client's own example count.
+            private: Whether the run adds noise (then its own count is never used).
+        """
+        timed = self.timed_examples
+        if timed is None and private:
+            timed = PRIVATE_TIMED_EXAMPLES
+        if timed is None:
+            return num_examples
+        return np.broadcast_to(np.int64(timed), num_examples.shape)
 
     def selection_size(self, cohort_size: int) -> int:
         """Clients to select for a cohort of `cohort_size`."""

@@ -3,7 +3,7 @@
 Off by default. Tests and rehearsals turn it on to check that a fault costs time, never
 correctness: a crashed worker's chunk is re-run (it is a pure function of weights, ids, round
 and seed), a client that keeps failing is left out of the round and of the ledger, and a
-non-finite update is rejected before clipping.
+non-finite update is left out of an unclipped sum and clipped to zeros in a clipped one.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ class Faults:
             call. Drawn from the seed, round, first client and process id, so that the
             restarted process draws afresh.
         nan_update_prob: Chance that a client's update is all NaN (from the seed, round and
-            client); the worker must reject it before clipping.
+            client); the worker leaves it out, or clips it to zeros.
         client_failure_prob: Chance that a client's training raises on every attempt of a
             round (from the seed, round and client); the worker gives up after
             `client_retries` retries and the client fails for the round.

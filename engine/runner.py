@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import ray
 
+from engine.backends import Backend
 from engine.checkpoint import FILE_NAME, Checkpoint, load, run_defining, save
 from engine.experiment import Experiment
 from engine.ledger import ParticipationLedger
@@ -20,7 +21,7 @@ from engine.plots import availability_over_time, participation_histogram
 from engine.settings import Cluster, Tracking
 from engine.simulation import ServerDiedError, Simulation
 from engine.tracking import RunTracker
-from mechanisms.accounting import planned, spent
+from mechanisms.accounting import RunAccountant
 
 _SERIES = ("system/sim_time_h", "participation/available", "participation/reported")
 
@@ -61,6 +62,7 @@ def run_experiment(
     config_sha256: str,
     resume: Checkpoint | None = None,
     tags: Sequence[str] = (),
+    backend: Backend | None = None,
 ) -> Path:
     """Runs every round of `experiment`, writing metrics, figures, checkpoints and the summary.
 
@@ -72,6 +74,9 @@ def run_experiment(
         config_sha256: Its hash, stored in checkpoints and the summary.
         resume: A checkpoint of this run (in `output_dir`) to continue from.
         tags: wandb tags of the run.
+        backend: Where the actors live; None: Ray actors, on a Ray instance that this call
+            starts (and stops) unless one is initialised already. A given backend is used as
+            it is.
 
     Returns:
         The path of summary.json.
@@ -80,12 +85,14 @@ def run_experiment(
         RunStoppedError: If the parameter server died; names the last checkpoint.
     """
     start = time.perf_counter()
-    started = start_ray(experiment.cluster)
+    started = start_ray(experiment.cluster) if backend is None else False
     log_path = output_dir / "participation.parquet" if tracking.participation_log else None
     ledger = ParticipationLedger(experiment.population.num_clients, log_path)
     sim: Simulation | None = None
+    private = experiment.mechanism.noise_multiplier > 0
+    accountant = _accountant(experiment)
     try:
-        sim = Simulation(experiment, ledger)
+        sim = Simulation(experiment, ledger, backend)
         first, history, final = 0, [], {}
         if resume is not None:
             sim.load_state_dict({"server": resume.server, "scheduler": resume.scheduler})
@@ -101,12 +108,12 @@ def run_experiment(
             first,
             tracker_state,
             tags,
+            private,
         ) as rec:
             for round_idx in range(first, experiment.rounds):
-                metrics = _round(experiment, sim, ledger, round_idx, output_dir)
+                metrics = rec.log(_round(experiment, sim, accountant, round_idx, output_dir))
                 if "eval/loss" in metrics:
                     final = {k: v for k, v in metrics.items() if k.startswith("eval/")}
-                rec.log({k: v for k, v in metrics.items() if "majority" not in k})
                 history.append(metrics)
                 if experiment.checkpoint.due(round_idx, experiment.rounds):
                     state = sim.state_dict()
@@ -122,7 +129,7 @@ def run_experiment(
             rec.log_images(experiment.rounds - 1, _figures(output_dir, ledger, history))
             summary = {
                 **_run_summary(experiment, sim, history, final),
-                **_privacy_summary(experiment, ledger),
+                **_privacy_summary(experiment, ledger, accountant),
                 "system/total_s": time.perf_counter() - start,
                 "system/cold_start_s": cold_start_s,
                 "config_sha256": config_sha256,
@@ -136,10 +143,18 @@ def run_experiment(
             ray.shutdown()
 
 
+def _accountant(experiment: Experiment) -> RunAccountant | None:
+    """The run's accountant; None for a run without noise."""
+    exp = experiment
+    if exp.mechanism.noise_multiplier == 0:
+        return None
+    return RunAccountant(exp.mechanism, exp.participation.bound, exp.privacy.delta)
+
+
 def _round(
     experiment: Experiment,
     sim: Simulation,
-    ledger: ParticipationLedger,
+    accountant: RunAccountant | None,
     round_idx: int,
     output_dir: Path,
 ) -> dict[str, Any]:
@@ -154,8 +169,8 @@ def _round(
             metrics.update(sim.evaluate().metrics())
     except ServerDiedError as error:
         raise RunStoppedError(f"{error}; {_resume_hint(output_dir)}") from error
-    if "eval/loss" in metrics:
-        metrics.update(_privacy_spent(experiment, ledger, round_idx + 1))
+    if "eval/loss" in metrics and accountant is not None:
+        metrics.update(accountant.metrics(round_idx + 1, sim.scheduler.ledger.observed()))
     return metrics
 
 
@@ -207,29 +222,20 @@ def _run_summary(
     }
 
 
-def _privacy_spent(
-    experiment: Experiment, ledger: ParticipationLedger, rounds: int
-) -> dict[str, float]:
-    """privacy/ metrics of the rounds so far, from the ledger; none for a non-private run."""
-    if experiment.mechanism.noise_multiplier == 0:
-        return {}
-    return spent(
-        experiment.mechanism, rounds, ledger.observed(), experiment.privacy.delta
-    ).metrics()
+def _privacy_summary(
+    experiment: Experiment, ledger: ParticipationLedger, accountant: RunAccountant | None
+) -> dict[str, Any]:
+    """The run's planned guarantee (`privacy/epsilon`) and the ledger's observed figure.
 
-
-def _privacy_summary(experiment: Experiment, ledger: ParticipationLedger) -> dict[str, Any]:
-    """The privacy spent, recomputed from the ledger after the last round, and the planned.
-
-    A resumed run recomputes it from its ledger too: nothing privacy-related is taken from a
-    checkpoint's history.
+    A resumed run recomputes both, the observed one from its ledger: nothing privacy-related
+    is taken from a checkpoint's history.
     """
-    exp = experiment
-    if exp.mechanism.noise_multiplier == 0:
-        return {"privacy/epsilon": None, "privacy/delta": exp.privacy.delta}
-    last = _privacy_spent(exp, ledger, ledger.rounds_recorded)
-    plan = planned(exp.mechanism, exp.rounds, exp.participation.bound, exp.privacy.delta)
-    return {**last, **plan.metrics("privacy/planned_"), "privacy/delta": exp.privacy.delta}
+    delta = experiment.privacy.delta
+    if accountant is None:
+        return {"privacy/epsilon": None, "privacy/delta": delta}
+    observed = accountant.metrics(ledger.rounds_recorded, ledger.observed())
+    planned = accountant.metrics(experiment.rounds, ledger.observed())
+    return {**planned, "privacy/epsilon_observed": observed["privacy/epsilon_observed"]}
 
 
 def _figures(

@@ -75,7 +75,7 @@ class Scheduler:
         participation: Who may be selected.
         clock: Deadline, over-selection, dropouts, retries.
         devices: Per-client compute and bandwidth.
-        num_examples: Each client's example count (the population's registry column).
+        num_examples: The example count each client is timed for (`RoundClock.timed_counts`).
         epochs: Local epochs per round.
         model_bytes: Bytes of the model, transferred down and up once per round.
         ledger: Committed participation.

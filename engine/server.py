@@ -13,6 +13,7 @@ from engine.aggregation import Aggregator, Partial
 from engine.placement import assigned_device
 from mechanisms.base import Mechanism
 from mechanisms.clipping import Clipping
+from mechanisms.release import private_mean
 from strategies.base import Strategy
 
 
@@ -61,26 +62,21 @@ class ParameterServer:
     def apply(
         self, round_idx: int, *worker_partials: Sequence[Partial]
     ) -> tuple[np.ndarray, dict[str, float]]:
-        """Applies one round: reduce partials in the order given, densify, privatize, step.
+        """Applies one round: reduce the partials in the order given, release, step.
 
-        Metrics: `system/upload_bytes` (what the clients uploaded, in the aggregator's
-        format), `system/transport_bytes` (what the workers' partials carried to the server);
-        `train/loss` and the total's own statistics (`Partial.metrics`: rows touched, expert
-        load, router entropy). Statistics of the clients' data are not released by a private
-        run (noise multiplier > 0): neither are those, nor byte counts that depend on the rows
-        or experts touched (sparse and MoE partials; a dense partial's sizes are public).
-
-        `system/failed_clients` counts the clients whose training kept failing (the driver
-        reads which from the workers' receipts), `system/rejected_updates` those whose update
-        was not finite: neither is in the sum.
+        The release is `mechanisms.release.private_mean` with clipping (the noisy mean over
+        the public cohort size), else the weighted mean. Metrics are everything the server
+        knows of the round (`engine.metric_keys` declares each key, and the tracker drops the
+        clients' statistics from a private run): counts, bytes, the clients' training loss and
+        the total's own statistics (`Partial.metrics`), and `privacy/clip_norm` and
+        `privacy/next_clip_norm` with clipping.
 
         Args:
             round_idx: The round being applied.
             *worker_partials: Each worker's list of chunk partials, in chunk order.
 
         Returns:
-            The new weights, and the round's server-side metrics (with `privacy/clip_norm`, the
-            clip norm of the next round, when clipping).
+            The new weights, and the round's server-side metrics.
         """
         start = time.perf_counter()
         chunks = [partial for partials in worker_partials for partial in partials]
@@ -90,22 +86,13 @@ class ParameterServer:
         metrics = {
             "participation/clients_aggregated": float(total.num_clients),
             "system/failed_clients": float(len(total.failed)),
-            "system/rejected_updates": float(len(total.rejected)),
+            "system/nonfinite_updates": float(len(total.nonfinite)),
+            "system/upload_bytes": float(total.upload_bytes),
+            "system/transport_bytes": float(sum(chunk.nbytes for chunk in chunks)),
+            "train/loss": total.loss_sum / max(total.examples_seen, 1),
+            **total.metrics(),
         }
-        public = self._mechanism.noise_multiplier == 0  # clients' statistics are not privatised
-        if public or not any(chunk.size_is_data for chunk in chunks):
-            metrics["system/upload_bytes"] = float(total.upload_bytes)
-            metrics["system/transport_bytes"] = float(sum(chunk.nbytes for chunk in chunks))
-        if public:
-            metrics["train/loss"] = total.loss_sum / max(total.examples_seen, 1)
-            metrics.update(total.metrics())
-        if self.clip_norm is not None:
-            update = self._private_average(total, round_idx, self.clip_norm, metrics)
-        elif total.num_clients > 0:
-            noisy = self._mechanism.privatize(self._on_device(total.dense_sum()), round_idx)
-            update = total.rescale(noisy / total.weight_sum, total.weight_sum)
-        else:
-            update = None
+        update = self._release(total, round_idx, metrics)
         if update is not None:
             self._params, self._state = self._strategy.step(self._params, update, self._state)
         metrics["system/server_s"] = time.perf_counter() - start
@@ -139,44 +126,34 @@ class ParameterServer:
         self._state = {key: value.to(self._device) for key, value in state["strategy"].items()}
         self.clip_norm = state["clip_norm"]
 
-    def _private_average(
-        self, total: Partial, round_idx: int, clip_norm: float, metrics: dict[str, float]
-    ) -> torch.Tensor:
-        """Privatizes the clipped sum (and the clipping bits) and divides by the cohort size.
+    def _release(
+        self, total: Partial, round_idx: int, metrics: dict[str, float]
+    ) -> torch.Tensor | None:
+        """The round's mean update (None when nothing was summed without clipping).
 
-        The mechanism sees the whole sum, densified (every coordinate gets noise, touched by a
-        client or not), in units of the clip norm. With adaptive clipping the bit sum rides
-        along as one more coordinate, scaled so that its noise has standard deviation
-        `count_noise_multiplier`, and everything is scaled by z / z_delta so that the updates
-        get noise multiplier z_delta (see `AdaptiveClipping`). Without noise, blocks with
-        their own weights (MoE experts) are re-divided by them; with noise, the public cohort
-        size divides everything.
+        With clipping: the private mean over the public cohort size; without noise, blocks with
+        their own weights (MoE experts) are then re-divided by them. Without clipping (no
+        privacy): the weighted mean, each block by its own weight.
         """
-        z = self._mechanism.noise_multiplier
-        z_delta = self._clipping.value_noise_multiplier(z) if z > 0 else 1.0
-        scale = z / z_delta if z > 0 else 1.0
-        values = self._on_device(total.dense_sum()) * (scale / clip_norm)  # float32, one pass
-        count_scale = self._clipping.bit_noise_std
-        if count_scale is not None:
-            bits = torch.tensor(
-                [total.bit_sum * z_delta / count_scale * scale], device=self._device
-            )
-            values = torch.cat([values, bits])
-        released = self._mechanism.privatize(values, round_idx)
-        update = released[: len(self._params)].mul_(clip_norm / (scale * self._cohort_size))
-        if z == 0:
-            update = total.rescale(update, self._cohort_size)
-        if count_scale is not None:
-            noisy_bits = float(released[-1]) / scale * count_scale / z_delta
-            unclipped = noisy_bits / self._cohort_size + 0.5
-            clip_norm_next = self._clipping.next_norm(clip_norm, unclipped)
-            metrics["privacy/unclipped_fraction"] = unclipped
-        else:
-            clip_norm_next = clip_norm
-        self.clip_norm = clip_norm_next
-        metrics["privacy/clip_norm"] = clip_norm
-        metrics["privacy/next_clip_norm"] = clip_norm_next
-        return update
+        if self.clip_norm is None:
+            if total.num_clients == 0:
+                return None
+            summed = self._mechanism.privatize(self._on_device(total.dense_sum()), round_idx)
+            return total.rescale(summed / total.weight_sum, total.weight_sum)
+        mean = private_mean(
+            self._on_device(total.dense_sum()),
+            total.bit_sum,
+            round_idx,
+            self._mechanism,
+            self._clipping,
+            self.clip_norm,
+            self._cohort_size,
+        )
+        metrics.update(mean.metrics())
+        metrics["privacy/next_clip_norm"] = self.clip_norm = mean.next_clip_norm
+        if self._mechanism.noise_multiplier == 0:
+            return total.rescale(mean.update, self._cohort_size)
+        return mean.update
 
     def _on_device(self, host: np.ndarray) -> torch.Tensor:
         """A float32 host array as a tensor on the server's device (a copy only off the CPU)."""

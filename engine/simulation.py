@@ -8,29 +8,24 @@ model-sized data.
 
 from __future__ import annotations
 
-import pickle
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import ray
-from ray.util.placement_group import PlacementGroup, remove_placement_group
 
+from engine.backends import Backend, RayBackend
 from engine.chunks import assign, plan_chunks
 from engine.client import EvalStats
 from engine.experiment import Experiment
 from engine.ledger import ParticipationLedger
 from engine.models import flatten, init_parameters
-from engine.placement import Resources, bundle_nodes, node_reducers
 from engine.population import ClientRegistry
 from engine.rng import Stream, generator
 from engine.schedule import RoundFailedError, RoundPlan, Scheduler
-from engine.server import ParameterServer
-from engine.workers import ClientWorker, Receipt
+from engine.workers import Receipt
 from mechanisms.clipping import AdaptiveClipping
-
-_INLINE_BYTES = 1 << 20
 
 
 class ServerDiedError(RuntimeError):
@@ -75,53 +70,36 @@ def make_scheduler(
         participation=exp.participation,
         clock=exp.clock,
         devices=exp.devices,
-        num_examples=registry.num_examples,
+        num_examples=exp.clock.timed_counts(
+            registry.num_examples, exp.mechanism.noise_multiplier > 0
+        ),
         epochs=exp.training.epochs,
         model_bytes=model_bytes,
         ledger=ParticipationLedger(registry.num_clients) if ledger is None else ledger,
     )
 
 
-def _shared(value: Any) -> Any:
-    """`value` itself when small; else one object-store copy that every actor then shares.
-
-    Real-data populations hold their whole dataset: passed by value, Ray would store one copy
-    per actor. Small values stay inline (Ray then logs nothing about restartable actors whose
-    constructor arguments live in the object store).
-    """
-    return ray.put(value) if len(pickle.dumps(value)) > _INLINE_BYTES else value
-
-
-def server_args(experiment: Experiment, initial: np.ndarray) -> tuple[Any, ...]:
-    """The `ParameterServer` constructor arguments of `experiment`."""
-    exp = experiment
-    return (
-        initial,
-        exp.strategy,
-        exp.mechanism,
-        exp.aggregation,
-        exp.clipping,
-        exp.participation.cohort_size,
-    )
-
-
 class Simulation:
     """Ray actors for one experiment, and the round loop that drives them.
 
-    Ray must be initialised before construction. Creates `cluster.num_workers` `ClientWorker`
-    actors (restarted and retried on failure: their calls are pure functions) and one
-    `ParameterServer` actor (not restarted: it holds the state).
+    With the default `RayBackend` (Ray must be initialised before construction), it creates
+    `cluster.num_workers` `ClientWorker` actors (restarted and retried on failure: their calls
+    are pure functions) and one `ParameterServer` actor (not restarted: it holds the state).
+    `LocalBackend` runs the same round in this process, to the same results.
 
     Args:
         experiment: The validated experiment.
         ledger: The participation ledger to commit to; None keeps a fresh one without a log.
+        backend: Where the actors live; None: a `RayBackend`.
     """
 
-    def __init__(self, experiment: Experiment, ledger: ParticipationLedger | None = None) -> None:
-        self._group: PlacementGroup | None = None
-        self._workers: list[Any] = []
-        self._reducers: dict[str, Any] = {}
-        self._server: Any = None
+    def __init__(
+        self,
+        experiment: Experiment,
+        ledger: ParticipationLedger | None = None,
+        backend: Backend | None = None,
+    ) -> None:
+        self._backend = backend or RayBackend()
         self._pending: _SentRound | None = None
         try:
             self._start(experiment, ledger)
@@ -137,37 +115,16 @@ class Simulation:
         self.num_params = len(initial)
         self.registry = exp.population.registry()
         self.scheduler = make_scheduler(exp, self.registry, initial.nbytes, ledger)
-        resources = Resources.of(exp.cluster)
-        self.num_workers = resources.num_workers
-        self._group = group = resources.reserve(exp.cluster.address is not None)
-        worker_actor: Any = ray.remote(max_restarts=-1, max_task_retries=-1)(ClientWorker)
-        self._population = _shared(exp.population)  # held: restarted workers need it
-        self._workers = [
-            worker_actor.options(**resources.worker_options(group, index)).remote(
-                self._population,
-                exp.model_factory,
-                exp.training,
-                exp.aggregation,
-                exp.seed,
-                exp.faults,
-            )
-            for index in range(self.num_workers)
-        ]
-        server_actor: Any = ray.remote(ParameterServer)
-        self._server = server_actor.options(**resources.server_options(group)).remote(
-            *server_args(exp, initial)
-        )
-        nodes = bundle_nodes(group)[: self.num_workers]
-        per_node = exp.cluster.reduce_per_node
-        if per_node or (per_node is None and len(set(nodes)) > 1):
-            self._reducers = node_reducers(nodes, exp.aggregation, len(initial))
-        self._worker_nodes = nodes
+        actors = self._backend.start(exp, initial)
+        self._workers, self._server = actors.workers, actors.server
+        self._worker_nodes, self._reducers = actors.nodes, actors.reducers
+        self.num_workers = len(self._workers)
         self.clip_norm = exp.clipping.initial_norm
         # The next round goes out before this one's server step, unless that step decides its
         # clip norm (adaptive clipping).
         self._pipelined = not isinstance(exp.clipping, AdaptiveClipping)
         self._weights = self._server.weights.remote()
-        ray.get([self._weights, *[w.__ray_ready__.remote() for w in self._workers]])
+        self._backend.get([self._weights, *[w.__ray_ready__.remote() for w in self._workers]])
         self._eval_ids = exp.population.held_out_ids(exp.evaluation.num_clients)
 
     def run_round(self, round_idx: int) -> dict[str, float]:
@@ -191,25 +148,27 @@ class Simulation:
         self._weights, stats_ref = self._server.apply.options(num_returns=2).remote(
             round_idx, *sent.refs
         )
-        receipts: list[Receipt] = ray.get(sent.receipts)
+        receipts: list[Receipt] = self._backend.get(sent.receipts)
         failed = np.sort(np.array([c for receipt in receipts for c in receipt.failed], np.int64))
         self.scheduler.commit(sent.plan, exclude=failed)
         if self._pipelined:
             self._send_next(round_idx + 1)
         metrics: dict[str, float] = self._from_server(stats_ref, round_idx)
-        summed = metrics["participation/clients_aggregated"] + metrics["system/rejected_updates"]
+        summed = metrics["participation/clients_aggregated"]
+        if self.clip_norm is None:  # unclipped non-finite updates are left out of the sum
+            summed += metrics["system/nonfinite_updates"]
         strangers = len(failed) and not np.isin(failed, cohort).all()
         if summed + len(failed) != len(cohort) or strangers:
             raise RuntimeError(f"round {round_idx}: the aggregate is not the planned cohort")
         if len(failed) == len(cohort):
             raise RuntimeError(f"round {round_idx}: every client failed (see the errors above)")
-        self.clip_norm = metrics.pop("privacy/next_clip_norm", self.clip_norm)
+        self.clip_norm = metrics.get("privacy/next_clip_norm", self.clip_norm)
         round_s = time.perf_counter() - start
         train_s = max(receipt.train_s for receipt in receipts)
         metrics.update(sent.plan.metrics())
         metrics.update(
             {
-                "participation/cohort_examples": float(self.registry.num_examples[cohort].sum()),
+                "system/cohort_examples": float(self.registry.num_examples[cohort].sum()),
                 "system/round_s": round_s,
                 "system/client_updates_per_s": len(cohort) / round_s,
                 "system/train_s": train_s,
@@ -266,9 +225,9 @@ class Simulation:
             self.scheduler.now_s = now_s
 
     def _from_server(self, ref: Any, round_idx: int) -> Any:
-        """`ray.get(ref)` of a server call; a dead server raises `ServerDiedError`."""
+        """The value of a server call's `ref`; a dead server raises `ServerDiedError`."""
         try:
-            return ray.get(ref)
+            return self._backend.get(ref)
         except ray.exceptions.RayActorError as error:
             raise ServerDiedError(f"the parameter server died in round {round_idx}") from error
 
@@ -288,7 +247,7 @@ class Simulation:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continues from `state_dict()` of a simulation of the same experiment."""
         self._pending = None
-        ray.get(self._server.load_state_dict.remote(state["server"]))
+        self._backend.get(self._server.load_state_dict.remote(state["server"]))
         self.scheduler.load_state_dict(state["scheduler"])
         self.clip_norm = state["server"]["clip_norm"]
         self._weights = self._server.weights.remote()
@@ -303,16 +262,11 @@ class Simulation:
         return [self._reducers[node].reduce.remote(*group) for node, group in by_node.items()]
 
     def close(self) -> None:
-        """Ends the job's actors (for good: no restart) and releases its placement group.
+        """Ends the job's actors (for good: no restart) and releases their resources.
 
         Idempotent.
         """
-        if self._group is not None:
-            for actor in [*self._workers, *self._reducers.values(), self._server]:
-                if actor is not None:  # a worker would restart and wait forever
-                    ray.kill(actor, no_restart=True)
-            remove_placement_group(self._group)
-            self._group = None
+        self._backend.close()
 
     def __enter__(self) -> Simulation:
         return self
@@ -336,4 +290,4 @@ class Simulation:
 
     def weights(self) -> np.ndarray:
         """The current weights, fetched to the driver."""
-        return np.asarray(ray.get(self._weights))
+        return np.asarray(self._backend.get(self._weights))

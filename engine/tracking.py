@@ -1,6 +1,8 @@
 """Where metrics go: metrics.jsonl, a wandb run (driver only), and a progress bar.
 
 Keys are namespaced train/ eval/ privacy/ participation/ system/, and `round` is the x-axis.
+Everything written goes through `engine.metric_keys`: an undeclared key is an error, and a
+private run drops the clients' statistics.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any, cast
 
 from tqdm import tqdm
 
+from engine.metric_keys import METRICS, releasable
 from engine.settings import Tracking
 
 _BAR_KEYS = {"train/loss": "loss", "eval/accuracy": "acc", "system/client_updates_per_s": "cl/s"}
@@ -33,6 +36,7 @@ class RunTracker:
         state: `state_dict()` of the tracker that logged the earlier rounds: its wandb run is
             resumed.
         tags: wandb tags (a sweep's job: its overrides).
+        private: The run adds noise: keys that are statistics of the clients' data are dropped.
     """
 
     def __init__(
@@ -45,8 +49,10 @@ class RunTracker:
         first_round: int = 0,
         state: dict[str, Any] | None = None,
         tags: Sequence[str] = (),
+        private: bool = False,
     ) -> None:
         self.output_dir = output_dir
+        self._private = private
         output_dir.mkdir(parents=True, exist_ok=True)
         kept = _rounds_before(output_dir / "metrics.jsonl", first_round)
         self._metrics = (output_dir / "metrics.jsonl").open("w", encoding="utf-8")
@@ -77,13 +83,23 @@ class RunTracker:
             )
             self._wandb.define_metric("round")
             self._wandb.define_metric("*", step_metric="round")
+            for metric in METRICS:
+                if metric.when in ("round", "eval") and metric.summary != "last":
+                    self._wandb.define_metric(
+                        metric.key, step_metric="round", summary=metric.summary
+                    )
 
     def state_dict(self) -> dict[str, Any]:
         """What a resumed run needs to continue this one's wandb run."""
         return {"wandb_id": self._wandb.id if self._wandb is not None else None}
 
-    def log(self, metrics: dict[str, float]) -> None:
-        """Records one round's metrics; `metrics["round"]` must increase."""
+    def log(self, metrics: dict[str, Any]) -> dict[str, Any]:
+        """Records one round's metrics (`metrics["round"]` must increase); returns what it wrote.
+
+        Raises:
+            UndeclaredMetricError: If a key is not declared in `engine.metric_keys`.
+        """
+        metrics = releasable(metrics, self._private)
         self._metrics.write(json.dumps(metrics, sort_keys=True) + "\n")
         self._metrics.flush()
         if self._wandb is not None:
@@ -93,9 +109,11 @@ class RunTracker:
         )
         self._bar.set_postfix(self._shown, refresh=False)
         self._bar.update(1)
+        return metrics
 
     def log_images(self, round_idx: int, images: dict[str, Path]) -> None:
         """Logs PNG files (already saved in the output directory) to wandb at `round_idx`."""
+        images = releasable(images, self._private)
         if self._wandb is not None:
             import wandb
 
@@ -105,6 +123,7 @@ class RunTracker:
 
     def finish(self, summary: dict[str, Any]) -> Path:
         """Writes summary.json, closes the wandb run; returns the summary's path."""
+        summary = releasable(summary, self._private)
         path = self.output_dir / "summary.json"
         path.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         if self._wandb is not None:

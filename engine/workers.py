@@ -102,8 +102,10 @@ class ClientWorker:
 
         With a clip norm, each client's whole update is clipped to it before it is summed (by
         whichever aggregator), and every client gets weight 1 (a data-dependent weight would
-        escape the clip norm). Partials know the model's layout (its row-sparse and expert
-        blocks), built once from the model.
+        escape the clip norm); a non-finite update is clipped to zeros, so that the sum's
+        client count does not tell whether it was finite. Without one, a non-finite update is
+        left out. Partials know the model's layout (its row-sparse and expert blocks), built
+        once from the model.
         """
         params = self._on_model_device(weights)  # once per round, not once per client
         ids = [int(c) for chunk in chunks for c in chunk]
@@ -116,13 +118,15 @@ class ClientWorker:
                 update = next(updates)
                 if update is None:
                     partial.failed.append(client_id)
-                elif not np.isfinite(update.delta).all():
-                    partial.rejected.append(client_id)  # before clipping, never summed
-                elif clip_norm is None:
-                    partial.add(update, self._aggregator.client_weight(update))
-                else:
+                    continue
+                finite = bool(np.isfinite(update.delta).all())
+                if not finite:
+                    partial.nonfinite.append(client_id)
+                if clip_norm is not None:  # a non-finite update is clipped to zeros
                     delta, bit = clip_update(update.delta, clip_norm)
                     partial.add(dataclasses.replace(update, delta=delta), 1.0, bit)
+                elif finite:
+                    partial.add(update, self._aggregator.client_weight(update))
             partials.append(partial)
         first_client = int(chunks[0][0]) if chunks and len(chunks[0]) else -1
         self._faults.maybe_crash(self._seed, round_idx, first_client)  # before returning

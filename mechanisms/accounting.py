@@ -150,22 +150,66 @@ def noise_for_epsilon(sensitivity_squared: float, target_epsilon: float, delta: 
     return sigma
 
 
-def spent(
-    mechanism: Mechanism, rounds: int, observed: ObservedParticipation, delta: float
-) -> PrivacyCost:
-    """The cost so far, from the ledger's actual participations after `rounds` rounds.
+def observed_bound(observed: ObservedParticipation, rounds: int) -> tuple[int, int]:
+    """The tightest (k, b) that every client's committed rounds satisfy, after `rounds` rounds.
 
-    Uses the tightest (k, b) that every client's committed rounds satisfy: the largest count,
-    and the smallest gap between two rounds of one client (any b when nobody joined twice).
+    The largest count, and the smallest gap between two rounds of one client (any b, i.e.
+    `rounds`, when nobody joined twice).
     """
     k = max(observed.max_participations, 1)
     b = observed.min_separation if observed.min_separation is not None else rounds
-    return privacy_cost(mechanism, rounds, k, b, delta)
+    return k, b
+
+
+def spent(
+    mechanism: Mechanism, rounds: int, observed: ObservedParticipation, delta: float
+) -> PrivacyCost:
+    """The cost so far under the ledger's actual participations after `rounds` rounds.
+
+    Guarantees:
+        Holds only for the realised schedule, and only if that schedule did not depend on the
+        clients' data: it is a diagnostic, not the run's guarantee (`planned` is).
+    """
+    return privacy_cost(mechanism, rounds, *observed_bound(observed, rounds), delta)
 
 
 def planned(
     mechanism: Mechanism, rounds: int, bound: ParticipationBound, delta: float
 ) -> PrivacyCost:
-    """The cost of the whole run under the participation policy's declared bound."""
+    """The cost of `rounds` rounds under the participation policy's declared bound."""
     k = resolved_participations(bound, rounds)
     return privacy_cost(mechanism, rounds, k, bound.min_separation, delta)
+
+
+class RunAccountant:
+    """The privacy metrics of one run's rounds so far; each (n, k, b) is accounted once.
+
+    `privacy/epsilon` (with rho, the two accountants' epsilons and delta) is the planned
+    guarantee, from the policy's declared (k, b); `privacy/epsilon_observed` is the cost under
+    the (k, b) observed in the ledger, which holds only for the realised schedule.
+
+    Args:
+        mechanism: The run's mechanism (noise multiplier > 0).
+        bound: The participation policy's declared bound.
+        delta: The delta of every epsilon.
+    """
+
+    def __init__(self, mechanism: Mechanism, bound: ParticipationBound, delta: float) -> None:
+        self._mechanism = mechanism
+        self._bound = bound
+        self._delta = delta
+        self._costs: dict[tuple[int, int, int], PrivacyCost] = {}
+
+    def metrics(self, rounds: int, observed: ObservedParticipation) -> dict[str, float]:
+        """The planned cost of `rounds` rounds and the observed one, as flat metrics."""
+        plan = self._cost(
+            rounds, resolved_participations(self._bound, rounds), self._bound.min_separation
+        )
+        seen = self._cost(rounds, *observed_bound(observed, rounds))
+        return {**plan.metrics(), "privacy/epsilon_observed": seen.epsilon}
+
+    def _cost(self, rounds: int, k: int, b: int) -> PrivacyCost:
+        key = (rounds, k, b)
+        if key not in self._costs:
+            self._costs[key] = privacy_cost(self._mechanism, rounds, k, b, self._delta)
+        return self._costs[key]

@@ -15,8 +15,7 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from engine.errors import require
-from engine.rng import require_seed
-from mechanisms.base import Mechanism
+from mechanisms.base import Mechanism, NoiseSeed
 from mechanisms.gaussian import RoundCursor, add_noise, check_round, standard_normal
 from mechanisms.strategy_cache import cached_strategy
 
@@ -151,6 +150,8 @@ class BandedMechanism(Mechanism):
         only elapsed rounds, so this holds for adaptive updates (Denisov et al. 2022). With
         bands <= b (the default), the columns of two participations never overlap and
         sens^2 = k (Choquette-Choo et al. 2023); otherwise see `sensitivity_squared`.
+        Assumes secret noise: seeded noise (the default) is known to whoever knows the seed;
+        `noise_seed="secret"` draws it from the OS (`mechanisms.base.NoiseSeed`).
 
     Memory:
         Between rounds, bands - 1 float32 d-vectors (the ring of past w); while privatizing, z
@@ -161,7 +162,9 @@ class BandedMechanism(Mechanism):
         max_participations: k (injected).
         min_separation: b (injected).
         noise_multiplier: sigma, the noise standard deviation in units of the clip norm (> 0).
-        seed: Seed of the noise stream.
+        seed: Seed of the noise stream (with noise_seed="seeded").
+        noise_seed: "seeded" draws the noise from `seed` (reproducible; the default);
+            "secret" from a 128-bit seed drawn from the OS and never logged (`NoiseSeed`).
         bands: Bands of C, or None for min(min_separation, rounds); capped at `rounds`.
     """
 
@@ -171,14 +174,16 @@ class BandedMechanism(Mechanism):
     noise_multiplier: float = 1.0
     seed: int = 0
     bands: int | None = None
+    noise_seed: str = "seeded"
     _stream: _BandStream = field(default_factory=_BandStream, init=False, repr=False, compare=False)
+    _noise: NoiseSeed = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for key in ("rounds", "max_participations", "min_separation"):
             require(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
         sigma = self.noise_multiplier
         require(math.isfinite(sigma) and sigma > 0, "noise_multiplier", f"must be > 0, got {sigma}")
-        require_seed(self.seed)
+        object.__setattr__(self, "_noise", NoiseSeed(self.seed, self.noise_seed))
         require(self.bands is None or self.bands >= 1, "bands", f"must be >= 1, got {self.bands}")
 
     @property
@@ -211,7 +216,7 @@ class BandedMechanism(Mechanism):
         coeffs = self.coefficients
         stream = self._stream
         dim = check_round(stream.cursor, total, round_idx)
-        noise = standard_normal(dim, self.seed, round_idx)
+        noise = standard_normal(dim, self._noise.value, round_idx)
         slots = len(coeffs) - 1
         if slots:
             if stream.ring is None:
@@ -232,13 +237,14 @@ class BandedMechanism(Mechanism):
         return add_noise(total, noise, self.noise_multiplier)
 
     def state_dict(self) -> dict[str, Any]:
-        """The next round and the ring of past w (shared: copied before this object writes)."""
+        """The next round, the coefficients, and the ring of past w (shared: copied on write)."""
         self._stream.shared = True
         return {
             "round": self._stream.cursor.round,
-            "seed": self.seed,
+            "seed": self._noise.value,
             "rounds": self.rounds,
             "bands": self.num_bands,
+            "coefficients": torch.tensor(self.coefficients, dtype=torch.float64),
             "ring": self._stream.ring,
         }
 
@@ -246,12 +252,16 @@ class BandedMechanism(Mechanism):
         """Continues after the rounds that `state` had privatized.
 
         Raises:
-            ValueError: If the state is of another configuration or its ring does not fit.
+            ValueError: If the state is of another configuration, its noise was built with
+                other coefficients (a changed optimiser or cache), or its ring does not fit.
         """
-        expected = {"seed": self.seed, "rounds": self.rounds, "bands": self.num_bands}
+        expected = {"rounds": self.rounds, "bands": self.num_bands}
         for key, mine in expected.items():
             if state[key] != mine:
                 raise ValueError(f"state has {key}={state[key]}, this mechanism {mine}")
+        if not np.array_equal(np.asarray(state["coefficients"]), self.coefficients):
+            raise ValueError("state's noise was built with other banded coefficients")
+        self._noise.restore(state["seed"])
         round_idx, ring = int(state["round"]), state["ring"]
         slots = self.num_bands - 1
         if ring is not None:

@@ -2,11 +2,57 @@
 
 from __future__ import annotations
 
+import secrets
 from abc import ABC, abstractmethod
 from typing import Any
 
 import numpy as np
 import torch
+
+from engine.errors import require
+from engine.rng import require_seed
+
+NOISE_SEEDS = ("seeded", "secret")
+SECRET_SEED_BITS = 128
+
+
+class NoiseSeed:
+    """The seed of a mechanism's noise stream: the configured `seed`, or a secret one.
+
+    A mutable holder inside a frozen mechanism: a resumed secret run adopts the seed of its
+    checkpoint, the only place that seed is ever written.
+
+    Guarantees:
+        "secret" draws 128 bits from the operating system's cryptographic source
+        (`secrets.randbits`) when the mechanism is built; the value appears in no config, log
+        or error message, only in the mechanism's `state_dict` (so in checkpoints). "seeded"
+        noise is reproducible from the config's seed, which is logged with the run: anyone who
+        knows it can subtract the noise, so the DP guarantees assume secret noise.
+
+    Args:
+        seed: The configured seed (used when `kind` is "seeded").
+        kind: "seeded" or "secret".
+    """
+
+    def __init__(self, seed: int, kind: str) -> None:
+        require_seed(seed)
+        require(kind in NOISE_SEEDS, "noise_seed", f"must be one of {NOISE_SEEDS}, got {kind!r}")
+        self.kind = kind
+        self.value = secrets.randbits(SECRET_SEED_BITS) if kind == "secret" else seed
+
+    def restore(self, saved: Any) -> None:
+        """Continues a stream whose `state_dict` stored `saved` as its seed.
+
+        Raises:
+            ValueError: If a seeded stream's state is of another seed, or a secret one's state
+                holds no seed of the secret's size.
+        """
+        if self.kind == "secret":
+            if not isinstance(saved, int) or not 0 <= saved < 2**SECRET_SEED_BITS:
+                raise ValueError("the state holds no secret noise seed")
+            self.value = saved
+        elif saved != self.value:
+            raise ValueError(f"state is of seed {saved}, this mechanism's is {self.value}")
 
 
 class Mechanism(ABC):
@@ -21,7 +67,9 @@ class Mechanism(ABC):
     Guarantees:
         For clients that participate under a (k, b) bound, the released sequence is rho-zCDP
         with rho = sensitivity_squared(n, k, b) / (2 noise_multiplier^2) (Denisov et al. 2022;
-        Choquette-Choo et al. 2023), under user-level replace-with-zero adjacency.
+        Choquette-Choo et al. 2023), under user-level replace-with-zero adjacency. Assumes the
+        noise is secret: a seeded stream (the default, for reproducible simulation) is known to
+        whoever knows the seed; `noise_seed="secret"` draws it from the OS (`NoiseSeed`).
 
     Attributes:
         noise_multiplier: sigma, the noise standard deviation in units of the clip norm.

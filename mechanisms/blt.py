@@ -15,9 +15,8 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from engine.errors import require
-from engine.rng import require_seed
 from mechanisms.banded import prefix_error, toeplitz_lower
-from mechanisms.base import Mechanism
+from mechanisms.base import Mechanism, NoiseSeed
 from mechanisms.gaussian import RoundCursor, add_noise, check_round, standard_normal
 from mechanisms.strategy_cache import cached_strategy
 
@@ -159,6 +158,8 @@ class BltMechanism(Mechanism):
         user-level replace-with-zero adjacency and clipped updates (L2 norm <= 1 in clip
         norms), the release is rho-zCDP with rho = sensitivity_squared(n, k, b) / (2 sigma^2);
         C is lower-triangular, so this holds for adaptive updates (Denisov et al. 2022).
+        Assumes secret noise: seeded noise (the default) is known to whoever knows the seed;
+        `noise_seed="secret"` draws it from the OS (`mechanisms.base.NoiseSeed`).
 
     Memory:
         Between rounds, `buffers` float32 d-vectors, updated in place; while privatizing, z,
@@ -170,7 +171,9 @@ class BltMechanism(Mechanism):
         max_participations: k (injected).
         min_separation: b (injected).
         noise_multiplier: sigma, the noise standard deviation in units of the clip norm (> 0).
-        seed: Seed of the noise stream.
+        seed: Seed of the noise stream (with noise_seed="seeded").
+        noise_seed: "seeded" draws the noise from `seed` (reproducible; the default);
+            "secret" from a 128-bit seed drawn from the OS and never logged (`NoiseSeed`).
         buffers: Number of buffers m, 1..8.
     """
 
@@ -180,14 +183,16 @@ class BltMechanism(Mechanism):
     noise_multiplier: float = 1.0
     seed: int = 0
     buffers: int = 3
+    noise_seed: str = "seeded"
     _stream: _BltStream = field(default_factory=_BltStream, init=False, repr=False, compare=False)
+    _noise: NoiseSeed = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for key in ("rounds", "max_participations", "min_separation"):
             require(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
         sigma = self.noise_multiplier
         require(math.isfinite(sigma) and sigma > 0, "noise_multiplier", f"must be > 0, got {sigma}")
-        require_seed(self.seed)
+        object.__setattr__(self, "_noise", NoiseSeed(self.seed, self.noise_seed))
         m = self.buffers
         require(1 <= m <= MAX_BUFFERS, "buffers", f"must be in 1..{MAX_BUFFERS}, got {m}")
 
@@ -223,7 +228,7 @@ class BltMechanism(Mechanism):
         theta, omega = (torch.tensor(v, dtype=torch.float32) for v in self.parameters)
         stream = self._stream
         dim = check_round(stream.cursor, total, round_idx)
-        noise = standard_normal(dim, self.seed, round_idx)
+        noise = standard_normal(dim, self._noise.value, round_idx)
         buffers = stream.buffers
         if buffers is None:
             buffers = torch.zeros(self.buffers, dim)
@@ -236,15 +241,17 @@ class BltMechanism(Mechanism):
         return add_noise(total, noise, self.noise_multiplier)
 
     def state_dict(self) -> dict[str, Any]:
-        """The next round and the buffers (shared: copied before this object writes them)."""
+        """The next round, the BLT parameters, and the buffers (shared: copied on write)."""
         self._stream.shared = True
         return {
             "round": self._stream.cursor.round,
-            "seed": self.seed,
+            "seed": self._noise.value,
             "rounds": self.rounds,
             "max_participations": self.max_participations,
             "min_separation": self.min_separation,
             "num_buffers": self.buffers,
+            "theta": torch.tensor(self.parameters[0], dtype=torch.float64),
+            "omega": torch.tensor(self.parameters[1], dtype=torch.float64),
             "buffers": self._stream.buffers,
         }
 
@@ -252,10 +259,10 @@ class BltMechanism(Mechanism):
         """Continues after the rounds that `state` had privatized.
 
         Raises:
-            ValueError: If the state is of another configuration or its buffers do not fit.
+            ValueError: If the state is of another configuration, its noise was built with
+                other BLT parameters (a changed optimiser or cache), or its buffers do not fit.
         """
         expected = {
-            "seed": self.seed,
             "rounds": self.rounds,
             "max_participations": self.max_participations,
             "min_separation": self.min_separation,
@@ -264,6 +271,11 @@ class BltMechanism(Mechanism):
         for key, mine in expected.items():
             if state[key] != mine:
                 raise ValueError(f"state has {key}={state[key]}, this mechanism {mine}")
+        theta, omega = self.parameters
+        saved = (np.asarray(state["theta"]), np.asarray(state["omega"]))
+        if not (np.array_equal(saved[0], theta) and np.array_equal(saved[1], omega)):
+            raise ValueError("state's noise was built with other BLT parameters")
+        self._noise.restore(state["seed"])
         round_idx, buffers = int(state["round"]), state["buffers"]
         if buffers is not None:
             buffers = buffers.detach().to("cpu", torch.float32)

@@ -10,8 +10,8 @@ import numpy as np
 import torch
 
 from engine.errors import require
-from engine.rng import Stream, require_seed, torch_generator
-from mechanisms.base import Mechanism
+from engine.rng import Stream, torch_generator
+from mechanisms.base import Mechanism, NoiseSeed
 
 
 class RoundCursor:
@@ -89,6 +89,8 @@ class GaussianMechanism(Mechanism):
         least b apart, has sensitivity^2 = min(k, ceil(n / b)), and the release is rho-zCDP
         with rho = sensitivity^2 / (2 sigma^2) (Bun and Steinke 2016). This is without
         amplification by sampling: the participation bound is all that is assumed.
+        Assumes secret noise: seeded noise (the default) is known to whoever knows the seed;
+        `noise_seed="secret"` draws it from the OS (`mechanisms.base.NoiseSeed`).
 
     Memory:
         No d-vectors are kept between rounds (one transient draw of d float32 per round). The
@@ -96,17 +98,21 @@ class GaussianMechanism(Mechanism):
 
     Attributes:
         noise_multiplier: sigma, the noise standard deviation in units of the clip norm (> 0).
-        seed: Seed of the noise stream.
+        seed: Seed of the noise stream (with noise_seed="seeded").
+        noise_seed: "seeded" draws the noise from `seed` (reproducible; the default);
+            "secret" from a 128-bit seed drawn from the OS and never logged (`NoiseSeed`).
     """
 
     noise_multiplier: float = 1.0
     seed: int = 0
+    noise_seed: str = "seeded"
     _cursor: RoundCursor = field(default_factory=RoundCursor, init=False, repr=False, compare=False)
+    _noise: NoiseSeed = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         sigma = self.noise_multiplier
         require(math.isfinite(sigma) and sigma > 0, "noise_multiplier", f"must be > 0, got {sigma}")
-        require_seed(self.seed)
+        object.__setattr__(self, "_noise", NoiseSeed(self.seed, self.noise_seed))
 
     def privatize(self, total: torch.Tensor, round_idx: int) -> torch.Tensor:
         """Returns total + sigma z_t, z_t ~ N(0, I) from (seed, NOISE, round_idx).
@@ -115,23 +121,22 @@ class GaussianMechanism(Mechanism):
             ValueError: If `round_idx` is not the next round, or the dimension changed.
         """
         dim = check_round(self._cursor, total, round_idx)
-        noise = standard_normal(dim, self.seed, round_idx)
+        noise = standard_normal(dim, self._noise.value, round_idx)
         released = add_noise(total, noise, self.noise_multiplier, reuse=True)
         self._cursor.round += 1
         return released
 
     def state_dict(self) -> dict[str, Any]:
         """The next round (the noise itself is regenerated from the seed)."""
-        return {"round": self._cursor.round, "seed": self.seed}
+        return {"round": self._cursor.round, "seed": self._noise.value}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continues after the rounds that `state` had privatized.
 
         Raises:
-            ValueError: If the state is of another seed.
+            ValueError: If the state is of another seed (see `NoiseSeed.restore`).
         """
-        if int(state["seed"]) != self.seed:
-            raise ValueError(f"state is of seed {state['seed']}, this mechanism's is {self.seed}")
+        self._noise.restore(state["seed"])
         self._cursor.round = int(state["round"])
         self._cursor.dim = None
 

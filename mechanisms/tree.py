@@ -11,8 +11,7 @@ import numpy as np
 import torch
 
 from engine.errors import require
-from engine.rng import require_seed
-from mechanisms.base import Mechanism
+from mechanisms.base import Mechanism, NoiseSeed
 from mechanisms.gaussian import RoundCursor, add_noise, check_round, standard_normal
 
 
@@ -84,6 +83,8 @@ class TreeMechanism(Mechanism):
         adjacency, updates of L2 norm <= 1 (in clip norms), and at most k participations any
         two >= b rounds apart, the release is rho-zCDP with rho = sensitivity_squared(n, k, b)
         / (2 sigma^2), the same for both estimators (they decode the same C).
+        Assumes secret noise: seeded noise (the default) is known to whoever knows the seed;
+        `noise_seed="secret"` draws it from the OS (`mechanisms.base.NoiseSeed`).
 
     Memory:
         Between rounds, popcount(t'+1) float32 d-vectors, t' the round within its segment: at
@@ -96,7 +97,9 @@ class TreeMechanism(Mechanism):
 
     Attributes:
         noise_multiplier: sigma, the noise standard deviation in units of the clip norm (> 0).
-        seed: Seed of the noise stream.
+        seed: Seed of the noise stream (with noise_seed="seeded").
+        noise_seed: "seeded" draws the noise from `seed` (reproducible; the default);
+            "secret" from a 128-bit seed drawn from the OS and never logged (`NoiseSeed`).
         restart_every: Rounds per tree (R), or None for one tree over the whole run.
         efficient: Use Honaker's bottom-up estimator instead of the plain node sums.
     """
@@ -105,12 +108,14 @@ class TreeMechanism(Mechanism):
     seed: int = 0
     restart_every: int | None = None
     efficient: bool = False
+    noise_seed: str = "seeded"
     _stream: _TreeStream = field(default_factory=_TreeStream, init=False, repr=False, compare=False)
+    _noise: NoiseSeed = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         sigma = self.noise_multiplier
         require(math.isfinite(sigma) and sigma > 0, "noise_multiplier", f"must be > 0, got {sigma}")
-        require_seed(self.seed)
+        object.__setattr__(self, "_noise", NoiseSeed(self.seed, self.noise_seed))
         every = self.restart_every
         require(every is None or every >= 1, "restart_every", f"must be >= 1, got {every}")
 
@@ -138,7 +143,9 @@ class TreeMechanism(Mechanism):
         top, count = _top_level(local), local + 1
 
         def draw(level: int, out: torch.Tensor | None = None) -> torch.Tensor:
-            return standard_normal(dim, self.seed, *prefix, level, (count >> level) - 1, out=out)
+            return standard_normal(
+                dim, self._noise.value, *prefix, level, (count >> level) - 1, out=out
+            )
 
         # The nodes of levels < top leave the decomposition: the left children of the new node.
         leaving = [stream.buffers.pop(level) for level in range(top)]
@@ -165,7 +172,7 @@ class TreeMechanism(Mechanism):
         """The next round and copies of the stored node noises, by level."""
         return {
             "round": self._stream.cursor.round,
-            "seed": self.seed,
+            "seed": self._noise.value,
             "restart_every": self.restart_every,
             "efficient": self.efficient,
             "buffers": {str(lv): t.clone() for lv, t in sorted(self._stream.buffers.items())},
@@ -178,11 +185,12 @@ class TreeMechanism(Mechanism):
             ValueError: If the state is of another configuration, or its buffers do not match
                 its round.
         """
-        for key in ("seed", "restart_every", "efficient"):
+        for key in ("restart_every", "efficient"):
             if state[key] != getattr(self, key):
                 raise ValueError(
                     f"state has {key}={state[key]}, this mechanism {getattr(self, key)}"
                 )
+        self._noise.restore(state["seed"])
         round_idx = int(state["round"])
         buffers = {
             int(level): t.detach().to("cpu", torch.float32).clone()

@@ -44,6 +44,7 @@ import ray
 
 from engine.aggregation import DenseAggregator
 from engine.availability import AlwaysAvailable
+from engine.backends import server_args
 from engine.chunks import plan_chunks
 from engine.client import LocalTraining
 from engine.clock import RoundClock
@@ -55,7 +56,7 @@ from engine.population import SyntheticPopulation
 from engine.runner import peak_rss_mib, sha256_of, start_ray
 from engine.server import ParameterServer
 from engine.settings import Cluster, Evaluation, Privacy
-from engine.simulation import Simulation, initial_weights, make_scheduler, server_args
+from engine.simulation import Simulation, initial_weights, make_scheduler
 from engine.workers import ClientWorker
 from mechanisms.clipping import NoClipping
 from mechanisms.noiseless import NoNoise

@@ -25,6 +25,9 @@ Usage:
     python scripts/collect_sweep.py SWEEP_DIR [--out DIR] [--x privacy/epsilon]
         [--y final/eval_accuracy] [--by choice/mechanism]
 
+The default X, `privacy/epsilon`, is each run's planned guarantee (from its policy's declared
+participation bound); `--x privacy/epsilon_observed` plots the ledger's after-the-fact figure.
+
 Example:
     fedray -m mechanism=gaussian,tree seed=0,1 rounds=5 hydra.sweep.dir=/tmp/sweep/out
     python scripts/collect_sweep.py /tmp/sweep/out --out /tmp/sweep/collected
@@ -100,7 +103,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("sweep_dir", type=Path, help="the sweep directory (hydra.sweep.dir)")
     parser.add_argument("--out", type=Path, help="output directory (default: SWEEP_DIR)")
-    parser.add_argument("--x", default="privacy/epsilon", help="column on the x axis")
+    parser.add_argument(
+        "--x", default="privacy/epsilon", help="column on the x axis (default: planned epsilon)"
+    )
     parser.add_argument("--y", default="final/eval_accuracy", help="column on the y axis")
     parser.add_argument("--by", default="choice/mechanism", help="one line per value of this")
     return parser.parse_args(argv)

@@ -108,8 +108,9 @@ def test_noise_round_lines(lines):
         for key in (*TIMES, "ratio_to_gaussian_mean", "ratio_to_gaussian_p50"):
             assert finite_positive(line[key]), (name, key)
         assert line["round_ms_p50"] <= line["round_ms_p90"]
-        assert line["state_bytes"] == STATE_D[name] * 4 * 1000
-        assert line["state_d"] == STATE_D[name]
+        # d-vectors, plus the banded coefficients or BLT parameters the noise was built with
+        assert 0 <= line["state_bytes"] - STATE_D[name] * 4 * 1000 <= 1024
+        assert line["state_d"] == pytest.approx(STATE_D[name], abs=0.3)
         for key in ("strategy_s", "rss_growth_d", "rss_growth_trimmed_d", "peak_rss_growth_d"):
             assert math.isfinite(line[key]), (name, key)
         assert line["strategy_s"] > 0 if name in ("banded_mf", "blt") else line["strategy_s"] >= 0

@@ -52,7 +52,7 @@ def summary_of(epsilon: float | None, acc: float, seed: int) -> dict[str, Any]:
         "final/eval_perplexity": None,
         "privacy/epsilon": epsilon,
         "privacy/delta": 1e-10,
-        "privacy/planned_epsilon": None if epsilon is None else 2 * epsilon,
+        "privacy/epsilon_observed": None if epsilon is None else epsilon / 2,
         "model_sha256": f"{seed:064x}",
         "rounds_completed": 5,
         "participation/bound_holds": True,

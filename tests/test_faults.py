@@ -56,18 +56,30 @@ def _weights() -> np.ndarray:
     return np.concatenate([p.detach().numpy().ravel() for p in with_model.parameters()])
 
 
-def test_non_finite_updates_are_rejected_before_clipping_and_never_summed():
+def test_clipped_non_finite_updates_are_summed_as_zeros():
     ids = np.arange(40)
     weights = _weights()
     clean = [_worker().train(weights, 0, [np.array([c])])[0] for c in ids]
     (partial,) = _worker(nan_update_prob=0.3).train(weights, 0, [ids], clip_norm=1.0)
-    rejected = sorted(partial.rejected)
-    assert 0 < len(rejected) < len(ids)
-    assert partial.num_clients == len(ids) - len(rejected)
-    # The sum is exactly the clipped sum of the other clients' updates.
-    (expected,) = _worker().train(weights, 0, [np.setdiff1d(ids, rejected)], clip_norm=1.0)
+    nonfinite = sorted(partial.nonfinite)
+    assert 0 < len(nonfinite) < len(ids)
+    assert partial.num_clients == len(ids)  # the count does not tell which updates were finite
+    # The sum is exactly the clipped sum of the other clients' updates; their bits are -1/2.
+    others = np.setdiff1d(ids, nonfinite)
+    (expected,) = _worker().train(weights, 0, [others], clip_norm=1.0)
     np.testing.assert_array_equal(partial.update_sum, expected.update_sum)
+    assert partial.bit_sum == expected.bit_sum - 0.5 * len(nonfinite)
     assert all(np.isfinite(p.update_sum).all() for p in clean)
+
+
+def test_unclipped_non_finite_updates_are_left_out():
+    ids = np.arange(40)
+    weights = _weights()
+    (partial,) = _worker(nan_update_prob=0.3).train(weights, 0, [ids])
+    nonfinite = sorted(partial.nonfinite)
+    assert len(nonfinite) > 0 and partial.num_clients == len(ids) - len(nonfinite)
+    (expected,) = _worker().train(weights, 0, [np.setdiff1d(ids, nonfinite)])
+    np.testing.assert_array_equal(partial.update_sum, expected.update_sum)
 
 
 def test_a_client_that_keeps_failing_is_left_out(capsys):
@@ -97,15 +109,15 @@ def test_the_receipt_names_the_failed_clients_of_every_chunk_in_order():
 
 
 @pytest.mark.usefixtures("ray_session")
-def test_failed_clients_are_not_in_the_ledger_and_rejected_ones_are():
+def test_failed_clients_are_not_in_the_ledger_and_non_finite_ones_are():
     _, counts, metrics = _run("faults.client_failure_prob=0.2", "faults.nan_update_prob=0.2")
     failed = sum(m["system/failed_clients"] for m in metrics)
-    rejected = sum(m["system/rejected_updates"] for m in metrics)
+    nonfinite = sum(m["system/nonfinite_updates"] for m in metrics)
     aggregated = sum(m["participation/clients_aggregated"] for m in metrics)
-    assert failed > 0 and rejected > 0
-    assert aggregated + rejected + failed == 4 * 24
-    # A rejected client's data was seen (its update was computed): it counts for privacy.
-    assert counts.sum() == aggregated + rejected
+    assert failed > 0 and nonfinite > 0
+    assert aggregated + nonfinite + failed == 4 * 24  # unclipped: non-finite ones left out
+    # A non-finite client's data was seen (its update was computed): it counts for privacy.
+    assert counts.sum() == aggregated + nonfinite
 
 
 def test_fault_settings_are_validated():

@@ -36,7 +36,7 @@ def _assert_same(got: list[Partial], expected: list[Partial]) -> None:
         assert type(mine) is type(theirs)
         np.testing.assert_array_equal(mine.update_sum, theirs.update_sum)
         assert mine.update_sum.dtype == theirs.update_sum.dtype
-        for field in ("weight_sum", "num_clients", "loss_sum", "failed", "rejected"):
+        for field in ("weight_sum", "num_clients", "loss_sum", "failed", "nonfinite"):
             assert getattr(mine, field) == getattr(theirs, field)
 
 

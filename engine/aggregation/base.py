@@ -10,7 +10,6 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar
 
 import numpy as np
 import torch
@@ -43,12 +42,10 @@ class Partial:
             (dense: the whole float32 vector; sparse: the dense part plus each touched row's
             index and values; MoE: the non-expert part plus the touched experts).
         failed: Clients of the partial's chunks whose training kept failing (not summed).
-        rejected: Clients whose update was not finite, rejected before clipping (not summed).
+        nonfinite: Clients whose update was not finite: left out of the sum without clipping;
+            with clipping summed as zeros (as `clip_update` maps them), so that whether an
+            update was finite changes nothing but that client's own contribution.
     """
-
-    # Whether `nbytes` depends on the clients' data (which rows or experts they touched): such a
-    # size is a statistic of the data, not released by a private run.
-    size_is_data: ClassVar[bool] = False
 
     update_sum: np.ndarray
     weight_sum: float = 0.0
@@ -60,7 +57,7 @@ class Partial:
     layout: ParameterLayout | None = None
     upload_bytes: int = 0
     failed: list[int] = field(default_factory=list)
-    rejected: list[int] = field(default_factory=list)
+    nonfinite: list[int] = field(default_factory=list)
 
     def add(self, update: ClientUpdate, weight: float, bit: float = 0.0) -> None:
         """Adds one client's update with the given weight (and clipping bit)."""
@@ -77,7 +74,7 @@ class Partial:
         self.bit_sum += other.bit_sum
         self.upload_bytes += other.upload_bytes
         self.failed.extend(other.failed)
-        self.rejected.extend(other.rejected)
+        self.nonfinite.extend(other.nonfinite)
 
     def dense_sum(self) -> np.ndarray:
         """The whole weighted sum as one float32 [d] vector (here `update_sum` itself)."""

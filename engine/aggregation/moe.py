@@ -10,7 +10,6 @@ cohort size (a count of clients that touched an expert is data, see DESIGN.md).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
 
 import numpy as np
 import torch
@@ -41,8 +40,6 @@ class MoEPartial(Partial):
         entropy_sum: Sum of the clients' `stats["router_entropy"]`.
         entropy_count: Clients that reported a router entropy.
     """
-
-    size_is_data: ClassVar[bool] = True
 
     expert_sums: list[np.ndarray | None] = field(default_factory=list)
     expert_weights: np.ndarray = field(default_factory=lambda: np.zeros(0))
@@ -138,16 +135,16 @@ class MoEPartial(Partial):
         return int(self.update_sum.nbytes + experts + self.expert_weights.nbytes + tokens)
 
     def metrics(self) -> dict[str, float]:
-        """`moe/expert_load/e{i}` (tokens per expert) and `moe/router_entropy` (client mean).
+        """`train/expert_load/e{i}` (tokens per expert) and `train/router_entropy` (client mean).
 
         Each key is present only when the clients reported the statistic.
         """
         out: dict[str, float] = {}
         if self.expert_tokens is not None:
             loads = self.expert_tokens.tolist()
-            out.update({f"moe/expert_load/e{i}": load for i, load in enumerate(loads)})
+            out.update({f"train/expert_load/e{i}": load for i, load in enumerate(loads)})
         if self.entropy_count:
-            out["moe/router_entropy"] = self.entropy_sum / self.entropy_count
+            out["train/router_entropy"] = self.entropy_sum / self.entropy_count
         return out
 
 

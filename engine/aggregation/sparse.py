@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar
 
 import numpy as np
 
@@ -62,8 +61,6 @@ class SparsePartial(Partial):
         rows: Per row block of the layout, the sorted unique int64 rows touched [n_b].
         values: Per row block, their summed float32 values [n_b, cols].
     """
-
-    size_is_data: ClassVar[bool] = True
 
     rows: list[np.ndarray] = field(default_factory=list)
     values: list[np.ndarray] = field(default_factory=list)
@@ -119,10 +116,10 @@ class SparsePartial(Partial):
         return int(self.update_sum.nbytes + blocks)
 
     def metrics(self) -> dict[str, float]:
-        """`system/rows_touched`: distinct rows in the sum, over all row blocks (if any)."""
+        """`train/rows_touched`: distinct rows in the sum, over all row blocks (if any)."""
         if not self.rows:
             return {}
-        return {"system/rows_touched": float(sum(len(rows) for rows in self.rows))}
+        return {"train/rows_touched": float(sum(len(rows) for rows in self.rows))}
 
 
 @dataclass(frozen=True)

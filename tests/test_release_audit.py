@@ -1,0 +1,133 @@
+"""The release audit: a private run releases nothing that tells neighbouring data sets apart.
+
+Every private configuration (mechanism x clipping x aggregation x participation policy, at toy
+sizes) runs on D and on two neighbours of it (`tests.audit`): one client's data zeroed (and its
+example count changed), and that client's update non-finite. With identical noise, every key
+that `engine.metric_keys` declares `PUBLIC` must be identical in everything the runs write and
+hand wandb; no undeclared key may appear; no `non-private only` key may appear. A metric added
+without a declaration fails here, and so does a public one that depends on the clients' data.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pytest
+
+import tests.audit
+from engine.clock import RoundClock
+from engine.metric_keys import Metric, Release, UndeclaredMetricError, declared
+from engine.simulation import Simulation
+from tests.audit import RecordingWandb, audit, audit_env
+
+__all__ = ["audit_env"]
+
+MECHANISMS = ("gaussian", "tree", "banded_mf", "blt")
+CLIPPINGS = ("fixed", "adaptive")
+# Each aggregation with a model and population it applies to (sparse: row-sparse embeddings;
+# moe: experts), at toy sizes.
+TEXT = (
+    "population=zipf_text",
+    "population.vocab_size=120",
+    "population.topic_vocab=30",
+    "population.seq_len=6",
+    "population.median_sequences=3",
+)
+AGGREGATIONS = {
+    "dense": ("model=logreg",),
+    "sparse": ("aggregation=sparse", *TEXT, "model=lm", "model.embedding_dim=8", "model.hidden=8"),
+    "moe": (
+        "aggregation=moe",
+        *TEXT,
+        "model=moe_lm",
+        "model.d_model=8",
+        "model.num_heads=2",
+        "model.num_layers=1",
+        "model.num_experts=3",
+        "model.expert_hidden=8",
+    ),
+}
+POLICIES = {
+    "uniform": (),
+    "cyclic": ("participation.num_groups=2",),
+    "min_separation": ("participation.min_separation=2",),
+    "max_participations": ("participation.max_participations=2",),
+    "hourly": ("participation.min_hours=24",),
+}
+# Small, and with stragglers, dropouts and over-selection, so that the schedule has choices to
+# make (which a client's data must not sway).
+SMALL = (
+    "experiment=smoke",
+    "rounds=4",
+    "population.num_clients=40",
+    "participation.cohort_size=4",
+    "eval.every=0",
+    "eval.num_clients=4",
+    "clock.deadline_s=2.0",
+    "clock.over_selection=2.0",
+    "clock.dropout_prob=0.2",
+    "clock.min_report_fraction=0.5",
+    "mechanism.noise_multiplier=1.0",
+)
+CASES = list(itertools.product(MECHANISMS, CLIPPINGS, AGGREGATIONS, POLICIES))
+
+
+def overrides(mechanism: str, clipping: str, aggregation: str, policy: str) -> list[str]:
+    """The command line of one audited configuration."""
+    return [
+        *SMALL,
+        f"mechanism={mechanism}",
+        f"clipping={clipping}",
+        f"participation={policy}",
+        *POLICIES[policy],
+        *AGGREGATIONS[aggregation],
+    ]
+
+
+@pytest.mark.parametrize("case", CASES, ids=["-".join(case) for case in CASES])
+def test_a_private_run_releases_nothing_that_tells_neighbours_apart(
+    case: tuple[str, str, str, str], tmp_path: Path, audit_env: RecordingWandb
+):
+    assert audit(overrides(*case), tmp_path, audit_env) == []
+
+
+# The audit can fail: today's leaks, put back, are caught.
+DENSE = overrides("gaussian", "fixed", "dense", "uniform")
+
+
+def test_the_audit_catches_a_schedule_that_depends_on_example_counts(
+    tmp_path: Path, audit_env: RecordingWandb, monkeypatch: pytest.MonkeyPatch
+):
+    # Before: clients were timed by their own example counts, in private runs too.
+    monkeypatch.setattr(RoundClock, "timed_counts", lambda self, counts, private: counts)
+    found = audit(DENSE, tmp_path, audit_env)
+    assert any(line.startswith("zeroed") for line in found)
+
+
+def test_the_audit_catches_a_data_dependent_key_declared_public(
+    tmp_path: Path, audit_env: RecordingWandb, monkeypatch: pytest.MonkeyPatch
+):
+    # Sparse uploads carry the rows a client touched: their bytes are data.
+    def public_bytes(key: str) -> Metric:
+        metric = declared(key)
+        if key == "system/upload_bytes":
+            return Metric("participation/upload_bytes", Release.PUBLIC, "", "round", "")
+        return metric
+
+    monkeypatch.setattr(tests.audit, "declared", public_bytes)
+    found = audit(overrides("gaussian", "fixed", "sparse", "uniform"), tmp_path, audit_env)
+    assert any("system/upload_bytes" in line for line in found)
+
+
+def test_an_undeclared_key_fails_the_run(
+    tmp_path: Path, audit_env: RecordingWandb, monkeypatch: pytest.MonkeyPatch
+):
+    run_round = Simulation.run_round
+
+    def with_new_key(self: Simulation, round_idx: int) -> dict[str, float]:
+        return {**run_round(self, round_idx), "participation/examples_seen": 1.0}
+
+    monkeypatch.setattr(Simulation, "run_round", with_new_key)
+    with pytest.raises(UndeclaredMetricError, match="participation/examples_seen"):
+        audit(DENSE, tmp_path, audit_env)

@@ -1,0 +1,111 @@
+"""Secret noise: a 128-bit seed from the OS, never logged, kept in the checkpoint only."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import engine.runner
+from engine.backends import LocalBackend
+from engine.checkpoint import FILE_NAME, load
+from engine.experiment import Experiment, as_dict, build_experiment
+from engine.run import _checkpoint_to_resume
+from engine.runner import run_experiment
+from engine.settings import Tracking
+from mechanisms.banded import BandedMechanism
+from mechanisms.base import SECRET_SEED_BITS, NoiseSeed
+from mechanisms.blt import BltMechanism
+from mechanisms.gaussian import GaussianMechanism
+from mechanisms.tree import TreeMechanism
+from tests.conftest import compose_config
+
+SECRET = (
+    "experiment=smoke",
+    "rounds=4",
+    "checkpoint.every=2",
+    "mechanism=blt",
+    "mechanism.noise_seed=secret",
+    "participation=cyclic",
+    "participation.num_groups=2",
+)
+MECHANISMS = (
+    lambda kind: GaussianMechanism(noise_seed=kind),
+    lambda kind: TreeMechanism(noise_seed=kind),
+    lambda kind: BandedMechanism(
+        noise_seed=kind, rounds=6, max_participations=2, min_separation=3, bands=2
+    ),
+    lambda kind: BltMechanism(noise_seed=kind, rounds=6, max_participations=2, min_separation=3),
+)
+
+
+@pytest.mark.parametrize("make", MECHANISMS)
+def test_secret_noise_differs_between_mechanisms_and_continues_from_the_state(make):
+    first, second = make("secret"), make("secret")
+    totals = torch.zeros(3, 50)
+    a = [first.privatize(t, r) for r, t in enumerate(totals[:2])]
+    b = [second.privatize(t, r) for r, t in enumerate(totals[:2])]
+    assert not torch.equal(a[0], b[0])  # P(equal seeds) = 2^-128
+    state = first.state_dict()
+    assert 0 <= state["seed"] < 2**SECRET_SEED_BITS
+    assert str(state["seed"]) not in repr(first)
+    resumed = make("secret")  # draws a fresh secret, then adopts the state's
+    resumed.load_state_dict(state)
+    torch.testing.assert_close(resumed.privatize(totals[2], 2), first.privatize(totals[2], 2))
+
+
+def test_seeded_noise_refuses_a_state_of_another_seed_and_secret_needs_one():
+    seeded = NoiseSeed(3, "seeded")
+    seeded.restore(3)
+    with pytest.raises(ValueError, match="seed 4"):
+        seeded.restore(4)
+    with pytest.raises(ValueError, match="no secret noise seed"):
+        NoiseSeed(0, "secret").restore("3")
+    with pytest.raises(ValueError, match="noise_seed: must be one of"):
+        NoiseSeed(0, "random")
+
+
+def _experiment() -> tuple[Experiment, dict[str, Any]]:
+    cfg = compose_config(*SECRET)
+    experiment, _ = build_experiment(cfg)
+    return experiment, as_dict(cfg)
+
+
+def _run(out: Path, resume: bool = False) -> dict[str, Any]:
+    experiment, config = _experiment()
+    checkpoint = _checkpoint_to_resume(str(out), config) if resume else None
+    tracking = Tracking(mode="disabled", progress=False)
+    path = run_experiment(
+        experiment, tracking, out, config, "sha", resume=checkpoint, backend=LocalBackend()
+    )
+    return json.loads(path.read_text())
+
+
+def test_a_secret_run_resumes_exactly_and_logs_its_seed_nowhere(tmp_path, monkeypatch):
+    save, snapshot = engine.runner.save, tmp_path / "after_round_2"
+
+    def save_and_keep_the_first(checkpoint: Any, output_dir: Path) -> Path:
+        path = save(checkpoint, output_dir)
+        if checkpoint.rounds_done == 2 and output_dir.name == "whole":
+            snapshot.mkdir()
+            shutil.copy(path, snapshot / FILE_NAME)
+        return path
+
+    monkeypatch.setattr(engine.runner, "save", save_and_keep_the_first)
+    whole = _run(tmp_path / "whole")
+    other = _run(tmp_path / "other")
+    assert whole["model_sha256"] != other["model_sha256"]  # fresh secret noise
+    resumed = _run(snapshot, resume=True)
+    assert resumed["model_sha256"] == whole["model_sha256"]
+    checkpoint = load(tmp_path / "whole")
+    assert checkpoint is not None
+    secret = str(checkpoint.server["mechanism"]["seed"])
+    assert len(secret) >= 30  # a 128-bit number, not the config's seed
+    for path in (tmp_path / "whole").iterdir():
+        if path.name != FILE_NAME and path.is_file():
+            assert secret not in path.read_text(errors="replace"), path.name
+    assert "secret" in json.dumps(_experiment()[1]["mechanism"])  # the config says only that
