@@ -4,8 +4,8 @@
 `.options(num_returns=2)`) and awaits results with `Backend.get`. `RayBackend` makes those
 handles Ray actors in one placement group. `LocalBackend` makes them objects in the driver's
 process, called at once; every argument and result is copied through pickle, as Ray's object
-store would, so the two give the same results (for tests, debugging and tiny studies: no fault
-tolerance, one worker).
+store would, so the two give the same results on one node (for tests, debugging and tiny
+studies: no fault tolerance, one worker).
 """
 
 from __future__ import annotations
@@ -146,7 +146,9 @@ class LocalBackend(Backend):
     """One worker and the server as objects in this process; calls run when made.
 
     Arguments and results are copied through pickle, as through Ray's object store, so no
-    caller shares state with an actor. A crash is not survived: injected worker crashes are
+    caller shares state with an actor, and a call's error is raised where its result is read.
+    The results are those of Ray on one node (one worker, no per-node reduction; chunk sums
+    are worker-count independent). A crash is not survived: injected worker crashes are
     refused.
     """
 
@@ -183,12 +185,18 @@ class LocalBackend(Backend):
 
 
 class _LocalRef:
-    """A result, pickled when made and unpickled afresh on each read (an object-store copy)."""
+    """A result, pickled when made and unpickled afresh on each read (an object-store copy).
 
-    def __init__(self, value: Any) -> None:
+    A call that raised holds its error instead, raised where the result is read (as Ray does).
+    """
+
+    def __init__(self, value: Any = None, error: Exception | None = None) -> None:
         self._blob = pickle.dumps(value, protocol=5)
+        self._error = error
 
     def value(self) -> Any:
+        if self._error is not None:
+            raise self._error
         return pickle.loads(self._blob)
 
 
@@ -203,8 +211,12 @@ class _LocalMethod:
         return _LocalMethod(self._function, num_returns)
 
     def remote(self, *args: Any) -> Any:
-        values = [arg.value() if isinstance(arg, _LocalRef) else _copy(arg) for arg in args]
-        result = self._function(*values)
+        try:
+            values = [arg.value() if isinstance(arg, _LocalRef) else _copy(arg) for arg in args]
+            result = self._function(*values)
+        except Exception as error:
+            failed = _LocalRef(error=error)
+            return failed if self._num_returns == 1 else (failed,) * self._num_returns
         if self._num_returns == 1:
             return _LocalRef(result)
         return tuple(_LocalRef(part) for part in result)

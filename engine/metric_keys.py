@@ -10,8 +10,11 @@ Guarantees:
     A private run's outputs are the noisy model, values computed from it and from public
     information (`PRIVATISED`: covered by the accountant as post-processing), values that do
     not depend on the clients' data at all (`PUBLIC`), and simulator-only diagnostics
-    (`SIMULATOR`, namespaced `system/`, `eval/` and `final/`) that a real deployment would not
-    release. The adjacency is user-level replace-with-zero, as in `mechanisms`.
+    (`SIMULATOR`, namespaced `system/`, `eval/` and `final/`: wall-clock timings, memory, and
+    evaluation on held-out clients that never train) that a real deployment would not release.
+    Statistics of the training clients' data (`NONPRIVATE`: losses, example counts, failures,
+    bytes that depend on rows touched) are dropped. The adjacency is user-level
+    replace-with-zero, as in `mechanisms`.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ class Release(Enum):
     SIMULATOR = "simulator"
     """A simulator-only diagnostic: logged, never released by a real deployment."""
     NONPRIVATE = "non-private only"
-    """A statistic of the clients' data: logged by non-private runs, dropped by private ones."""
+    """A statistic of the training clients' data: logged by non-private runs only."""
 
 
 # The namespaces of simulator-only diagnostics: a dashboard hides them by prefix.
@@ -69,12 +72,17 @@ class Metric:
     def __post_init__(self) -> None:
         require(self.when in WHEN, "when", f"must be one of {WHEN}, got {self.when!r}")
         require(self.summary in SUMMARIES, "summary", f"must be one of {SUMMARIES}")
-        simulator = self.release is Release.SIMULATOR
+        hidden = self.key.startswith(SIMULATOR_PREFIXES)
         require(
-            simulator == self.key.startswith(SIMULATOR_PREFIXES),
+            hidden if self.release is Release.SIMULATOR else not (self.released and hidden),
             self.key,
-            f"simulator-only keys, and only they, live under {SIMULATOR_PREFIXES}",
+            f"simulator-only keys live under {SIMULATOR_PREFIXES}, released ones elsewhere",
         )
+
+    @property
+    def released(self) -> bool:
+        """Whether a real deployment would release it (public and privatised keys)."""
+        return self.release in (Release.PUBLIC, Release.PRIVATISED)
 
 
 _P, _V, _S, _N = Release.PUBLIC, Release.PRIVATISED, Release.SIMULATOR, Release.NONPRIVATE
@@ -127,20 +135,20 @@ METRICS: tuple[Metric, ...] = (
     Metric("train/rows_touched", _N, "rows", "round", "sparse: distinct rows in the sum"),
     Metric("train/expert_load/e*", _N, "tokens", "round", "MoE: tokens routed to expert i"),
     Metric("train/router_entropy", _N, "nats", "round", "MoE: clients' mean router entropy"),
-    # Simulator-only diagnostics.
-    Metric("system/sim_time_h", _S, "h", "round", "simulated time at the round's start"),
-    Metric("system/sim_round_s", _S, "s", "round", "simulated length of the counted attempt"),
-    Metric("system/cohort_examples", _S, "examples", "round", "examples of the cohort"),
-    Metric("system/failed_clients", _S, "clients", "round", "clients whose training kept failing"),
+    Metric("system/cohort_examples", _N, "examples", "round", "examples of the cohort"),
+    Metric("system/failed_clients", _N, "clients", "round", "clients whose training kept failing"),
     Metric(
         "system/nonfinite_updates",
-        _S,
+        _N,
         "clients",
         "round",
         "non-finite updates: dropped without clipping, summed as zeros with it",
     ),
-    Metric("system/upload_bytes", _S, "bytes", "round", "what the clients uploaded"),
-    Metric("system/transport_bytes", _S, "bytes", "round", "what the workers sent the server"),
+    Metric("system/upload_bytes", _N, "bytes", "round", "what the clients uploaded"),
+    Metric("system/transport_bytes", _N, "bytes", "round", "what the workers sent the server"),
+    # Simulator-only diagnostics.
+    Metric("system/sim_time_h", _S, "h", "round", "simulated time at the round's start"),
+    Metric("system/sim_round_s", _S, "s", "round", "simulated length of the counted attempt"),
     Metric("system/server_s", _S, "s", "round", "the server's reduce, release and step", "mean"),
     Metric("system/train_s", _S, "s", "round", "the slowest worker's training", "mean"),
     Metric("system/round_s", _S, "s", "round", "wall time of the round", "mean"),
@@ -233,8 +241,9 @@ def reference() -> str:
         "ones are computed from the noisy release (covered by the accountant); `simulator`",
         f"keys ({', '.join(f'`{p}`' for p in SIMULATOR_PREFIXES)}) are diagnostics a real",
         "deployment would not release; `non-private only` keys are statistics of the clients'",
-        "data that private runs drop. A real deployment releases the `public` and `privatised`",
-        "keys. `when`: every round, rounds with an evaluation, the summary, or the run's end",
+        "data that private runs drop (some live under `system/`). A real deployment releases",
+        "the `public` and `privatised` keys, which never live under those prefixes.",
+        "`when`: every round, rounds with an evaluation, the summary, or the run's end",
         "(images). `wandb summary`: the rule of the key's wandb summary.",
         "",
         "| key | release | unit | when | wandb summary | meaning |",

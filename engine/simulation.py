@@ -150,15 +150,16 @@ class Simulation:
         )
         receipts: list[Receipt] = self._backend.get(sent.receipts)
         failed = np.sort(np.array([c for receipt in receipts for c in receipt.failed], np.int64))
-        self.scheduler.commit(sent.plan, exclude=failed)
+        clipped = self.clip_norm is not None  # failed clients were summed as zeros
+        self.scheduler.commit(sent.plan, exclude=None if clipped else failed)
         if self._pipelined:
             self._send_next(round_idx + 1)
         metrics: dict[str, float] = self._from_server(stats_ref, round_idx)
         summed = metrics["participation/clients_aggregated"]
-        if self.clip_norm is None:  # unclipped non-finite updates are left out of the sum
-            summed += metrics["system/nonfinite_updates"]
+        if not clipped:  # unclipped, failed and non-finite clients are left out of the sum
+            summed += metrics["system/nonfinite_updates"] + len(failed)
         strangers = len(failed) and not np.isin(failed, cohort).all()
-        if summed + len(failed) != len(cohort) or strangers:
+        if summed != len(cohort) or strangers:
             raise RuntimeError(f"round {round_idx}: the aggregate is not the planned cohort")
         if len(failed) == len(cohort):
             raise RuntimeError(f"round {round_idx}: every client failed (see the errors above)")
@@ -194,7 +195,9 @@ class Simulation:
         now_s = self.scheduler.now_s
         plan = self.scheduler.plan(round_idx)
         chunks = plan_chunks(self.experiment, plan.cohort)
-        examples = [float(self.registry.num_examples[chunk].sum()) for chunk in chunks]
+        # Chunks go to workers by the counts the clock times (in a private run not the
+        # clients' own: with per-node sums, the grouping of float sums must not depend on data).
+        examples = [float(self.scheduler.num_examples[chunk].sum()) for chunk in chunks]
         work = assign(chunks, self.num_workers, examples)
         calls = [
             (node, self._train(worker, round_idx, mine))

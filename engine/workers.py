@@ -102,30 +102,33 @@ class ClientWorker:
 
         With a clip norm, each client's whole update is clipped to it before it is summed (by
         whichever aggregator), and every client gets weight 1 (a data-dependent weight would
-        escape the clip norm); a non-finite update is clipped to zeros, so that the sum's
-        client count does not tell whether it was finite. Without one, a non-finite update is
-        left out. Partials know the model's layout (its row-sparse and expert blocks), built
-        once from the model.
+        escape the clip norm). Every client of the chunk is summed: one whose update is not
+        finite, or whose training kept failing, adds zeros (clipping bit -1/2), so that neither
+        the sum's client count nor the ledger tells whether a client's data made it fail.
+        Without a clip norm such clients are left out. Partials know the model's layout (its
+        row-sparse and expert blocks), built once from the model.
         """
         params = self._on_model_device(weights)  # once per round, not once per client
         ids = [int(c) for chunk in chunks for c in chunk]
-        updates = iter(self._updates(params, round_idx, ids))  # all chunks at once
+        private = clip_norm is not None
+        updates = iter(self._updates(params, round_idx, ids, private))  # all chunks at once
+        nothing = ClientUpdate(np.zeros(len(params), np.float32), 0, 0.0, 0)
         partials = []
         for chunk in chunks:
             partial = self._aggregator.zeros(len(params), self._layout)
             partial.clip_norm = clip_norm
             for client_id in chunk.tolist():  # summed chunk by chunk, in client order
                 update = next(updates)
+                finite = update is not None and bool(np.isfinite(update.delta).all())
                 if update is None:
                     partial.failed.append(client_id)
-                    continue
-                finite = bool(np.isfinite(update.delta).all())
-                if not finite:
+                elif not finite:
                     partial.nonfinite.append(client_id)
-                if clip_norm is not None:  # a non-finite update is clipped to zeros
-                    delta, bit = clip_update(update.delta, clip_norm)
-                    partial.add(dataclasses.replace(update, delta=delta), 1.0, bit)
-                elif finite:
+                if clip_norm is not None:
+                    delta, bit = clip_update((update or nothing).delta, clip_norm)
+                    bit = bit if finite else -0.5
+                    partial.add(dataclasses.replace(update or nothing, delta=delta), 1.0, bit)
+                elif update is not None and finite:
                     partial.add(update, self._aggregator.client_weight(update))
             partials.append(partial)
         first_client = int(chunks[0][0]) if chunks and len(chunks[0]) else -1
@@ -160,18 +163,20 @@ class ClientWorker:
         return PackedPartials(partials), Receipt(failed, time.perf_counter() - start)
 
     def _updates(
-        self, params: torch.Tensor, round_idx: int, ids: list[int]
+        self, params: torch.Tensor, round_idx: int, ids: list[int], private: bool
     ) -> list[ClientUpdate | None]:
         """The clients' updates in order; None for a client that failed.
 
         Vectorised: the clients' data is built one by one (a client that keeps failing is left
         out), then all are trained together. Otherwise each client is built and trained alone.
+        A private run's failure lines name the error's type only (its text may quote data).
         """
+        attempt = functools.partial(self._attempt, round_idx, quiet=private)
         if not self._vectorised:
             train = functools.partial(self._train_one, params, round_idx)
-            return [self._attempt(round_idx, c, functools.partial(train, c)) for c in ids]
+            return [attempt(c, functools.partial(train, c)) for c in ids]
         build = functools.partial(self._client_data, round_idx)
-        datas = [self._attempt(round_idx, c, functools.partial(build, c)) for c in ids]
+        datas = [attempt(c, functools.partial(build, c)) for c in ids]
         built = [(c, d) for c, d in zip(ids, datas, strict=True) if d is not None]
         rngs = [generator(self._seed, Stream.CLIENT_TRAIN, round_idx, c) for c, _ in built]
         trained = iter(
@@ -195,11 +200,14 @@ class ClientWorker:
         update = train_client(self._model, params, data, self._training, rng)
         return self._faults.maybe_poison(update, self._seed, round_idx, client_id)
 
-    def _attempt(self, round_idx: int, client_id: int, work: Callable[[], T]) -> T | None:
+    def _attempt(
+        self, round_idx: int, client_id: int, work: Callable[[], T], quiet: bool = False
+    ) -> T | None:
         """`work()`, retried `faults.client_retries` times if it raises; None if it never ran.
 
-        The first error is reported on stderr. A failed attempt leaves nothing behind: each
-        starts again from the round's weights and the client's own seeded stream.
+        The last error is reported on stderr (`quiet`: its type, not its text). A failed
+        attempt leaves nothing behind: each starts again from the round's weights and the
+        client's own seeded stream.
         """
         retries = self._faults.client_retries
         for attempt in range(retries + 1):
@@ -207,9 +215,10 @@ class ClientWorker:
                 return work()
             except Exception as error:  # a client's failure must not fail its round
                 if attempt == retries:
+                    why = type(error).__name__ + ("" if quiet else f": {error}")
                     print(
                         f"fedray: round {round_idx}: client {client_id} failed "
-                        f"{attempt + 1} times ({type(error).__name__}: {error}); left out",
+                        f"{attempt + 1} times ({why}); left out",
                         file=sys.stderr,
                     )
         return None

@@ -161,18 +161,6 @@ def observed_bound(observed: ObservedParticipation, rounds: int) -> tuple[int, i
     return k, b
 
 
-def spent(
-    mechanism: Mechanism, rounds: int, observed: ObservedParticipation, delta: float
-) -> PrivacyCost:
-    """The cost so far under the ledger's actual participations after `rounds` rounds.
-
-    Guarantees:
-        Holds only for the realised schedule, and only if that schedule did not depend on the
-        clients' data: it is a diagnostic, not the run's guarantee (`planned` is).
-    """
-    return privacy_cost(mechanism, rounds, *observed_bound(observed, rounds), delta)
-
-
 def planned(
     mechanism: Mechanism, rounds: int, bound: ParticipationBound, delta: float
 ) -> PrivacyCost:
@@ -186,7 +174,13 @@ class RunAccountant:
 
     `privacy/epsilon` (with rho, the two accountants' epsilons and delta) is the planned
     guarantee, from the policy's declared (k, b); `privacy/epsilon_observed` is the cost under
-    the (k, b) observed in the ledger, which holds only for the realised schedule.
+    the (k, b) observed in the ledger.
+
+    Guarantees:
+        The planned figure holds for every client, whatever the schedule turns out to be, as
+        long as the policy enforces its bound and the noise is secret. The observed one holds
+        only for the realised schedule, and only if that schedule did not depend on the
+        clients' data: it is a diagnostic, never the run's guarantee.
 
     Args:
         mechanism: The run's mechanism (noise multiplier > 0).

@@ -27,7 +27,11 @@ class NoiseSeed:
         (`secrets.randbits`) when the mechanism is built; the value appears in no config, log
         or error message, only in the mechanism's `state_dict` (so in checkpoints). "seeded"
         noise is reproducible from the config's seed, which is logged with the run: anyone who
-        knows it can subtract the noise, so the DP guarantees assume secret noise.
+        knows it can subtract the noise, so the DP guarantees assume secret noise. The noise
+        itself comes from PyTorch's CPU generator (a Mersenne Twister, not a cryptographic
+        generator), keyed for each round and tree node with 64 bits that `SeedSequence` derives
+        from the seed and the keys: enough for a rehearsal, where nobody attacks the generator;
+        a deployment draws its noise from a cryptographic generator.
 
     Args:
         seed: The configured seed (used when `kind` is "seeded").
@@ -51,8 +55,8 @@ class NoiseSeed:
             if not isinstance(saved, int) or not 0 <= saved < 2**SECRET_SEED_BITS:
                 raise ValueError("the state holds no secret noise seed")
             self.value = saved
-        elif saved != self.value:
-            raise ValueError(f"state is of seed {saved}, this mechanism's is {self.value}")
+        elif saved != self.value:  # the values stay unsaid: the state's may be a secret
+            raise ValueError("state is of another noise seed than this mechanism's")
 
 
 class Mechanism(ABC):

@@ -1,8 +1,9 @@
 """The private release of one round: from the sum of clipped updates to the noisy mean.
 
-A pure function of the round's sum, its clipping bits, the mechanism, the clipping rule and the
-public denominator: the parameter server reduces the workers' partials, calls `private_mean`,
-and steps its strategy with the result. Nothing else of the clients' data reaches the update.
+One function of the round's sum, its clipping bits, the mechanism, the clipping rule and the
+public denominator, with no state of its own (the mechanism keeps its noise stream's): the
+parameter server reduces the workers' partials, calls `private_mean`, and steps its strategy
+with the result. Nothing else of the clients' data reaches the update.
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
 """The release audit's machinery: neighbouring data sets, a recording wandb, and the comparison.
 
-A private run is run three times with identical noise: on D, on D' where one client's data is
-replaced by zeros (and its example count changed), and on D' where that client's update is
-non-finite. Everything the run writes (metrics.jsonl, summary.json, and what it hands wandb:
-config, logged rows, images, summary) is collected, and every key declared `PUBLIC` in
-`engine.metric_keys` must be identical across the three. The figures are compared by the arrays
+A private run is run four times with identical noise: on D, on D' where one client's data is
+replaced by zeros (and its example count changed), on D' where reading that client's data
+raises, and on D' where its update is non-finite. Everything the run writes (metrics.jsonl,
+summary.json, the participation log, the checkpoint's schedule, and what it hands wandb: logged
+rows, images, summary) is collected, and every key declared `PUBLIC` in `engine.metric_keys`
+must be identical across the four. The figures are compared by the arrays
 they are drawn from (`_plot_data`), which the PNGs are a deterministic function of.
 """
 
@@ -26,9 +27,11 @@ import numpy as np
 import pytest
 
 from engine.backends import LocalBackend
+from engine.checkpoint import load
 from engine.client import ClientUpdate
 from engine.experiment import Experiment, as_dict, build_experiment
 from engine.faults import Faults
+from engine.ledger import read_log
 from engine.metric_keys import Release, declared
 from engine.population import ClientData, ClientRegistry, Population
 from engine.runner import run_experiment
@@ -37,12 +40,21 @@ from engine.simulation import initial_weights, make_scheduler
 from tests.conftest import compose_config
 
 
+class DataError(ValueError):
+    """What a client whose data cannot be read raises."""
+
+
 @dataclass(frozen=True)
-class ZeroedClient(Population):
-    """`base` with one client's data replaced by zeros, and twice its examples plus one."""
+class Neighbour(Population):
+    """`base` with one client's data changed.
+
+    kind "zeroed": the client's data replaced by zeros, and twice its examples plus one (its
+    example count is data too); kind "raises": reading its data raises `DataError`.
+    """
 
     base: Population
     client: int
+    kind: str
 
     def __getattr__(self, name: str) -> Any:  # num_classes, num_features, ...
         if name.startswith("__") or name == "base":  # not set yet (unpickling)
@@ -55,14 +67,17 @@ class ZeroedClient(Population):
 
     def num_examples(self, ids: np.ndarray) -> np.ndarray:
         counts = np.array(self.base.num_examples(ids), dtype=np.int64)
-        counts[np.asarray(ids) == self.client] *= 2
-        counts[np.asarray(ids) == self.client] += 1
+        if self.kind == "zeroed":
+            counts[np.asarray(ids) == self.client] *= 2
+            counts[np.asarray(ids) == self.client] += 1
         return counts
 
     def client_data(self, client_id: int) -> ClientData:
         data = self.base.client_data(client_id)
         if client_id != self.client:
             return data
+        if self.kind == "raises":
+            raise DataError(f"client {client_id}: label={data.y.ravel()[0]} is corrupt")
         n = 2 * len(data) + 1
         return ClientData(
             np.zeros((n, *data.x.shape[1:]), data.x.dtype),
@@ -154,13 +169,18 @@ def first_client(experiment: Experiment) -> int:
 
 
 def neighbours(experiment: Experiment) -> dict[str, Experiment]:
-    """D, D' with one client's data zeroed, and D' with its update non-finite."""
+    """D, and D' with one client's data zeroed, raising when read, or giving a NaN update."""
     client = first_client(experiment)
+
+    def changed(kind: str) -> Experiment:
+        return dataclasses.replace(
+            experiment, population=Neighbour(experiment.population, client, kind)
+        )
+
     return {
         "D": experiment,
-        "zeroed": dataclasses.replace(
-            experiment, population=ZeroedClient(experiment.population, client)
-        ),
+        "zeroed": changed("zeroed"),
+        "raises": changed("raises"),
         "nonfinite": dataclasses.replace(experiment, faults=NonFiniteClient(client=client)),
     }
 
@@ -168,16 +188,34 @@ def neighbours(experiment: Experiment) -> dict[str, Experiment]:
 def outputs(
     experiment: Experiment, config: dict[str, Any], out: Path, recorder: RecordingWandb
 ) -> dict[str, Any]:
-    """Runs `experiment` in-process; everything it wrote or handed wandb, by where it went."""
+    """Runs `experiment` in-process; everything it wrote or handed wandb, by where it went.
+
+    "schedule": the participation log and the checkpoint's scheduler state (clock, ledger),
+    which are public; the checkpoint's server state is the noisy release's.
+    """
     recorder.calls.clear()
-    tracking = Tracking(mode="offline", progress=False)
+    tracking = Tracking(mode="offline", progress=False, participation_log=True)
     path = run_experiment(experiment, tracking, out, config, "audit", backend=LocalBackend())
     lines = (out / "metrics.jsonl").read_text().splitlines()
+    checkpoint = load(out)
+    assert checkpoint is not None
+    rounds, clients = read_log(out / "participation.parquet")
+    schedule = [rounds.tolist(), clients.tolist(), _plain(checkpoint.scheduler)]
     return {
         "metrics.jsonl": [json.loads(line) for line in lines],
         "summary.json": json.loads(path.read_text()),
         "wandb": list(recorder.calls),
+        "schedule": schedule,
     }
+
+
+def _plain(value: Any) -> Any:
+    """Arrays as lists, inside dicts and lists (comparable with ==)."""
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    return value.tolist() if isinstance(value, np.ndarray) else value
 
 
 def _records(outputs: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -207,9 +245,8 @@ def differences(runs: dict[str, dict[str, Any]]) -> list[str]:
                     found.append(f"{where}: {key} is logged by a private run")
                 elif release is Release.PUBLIC and not _same(mine[key], theirs[key]):
                     found.append(f"{name} {where}: {key} = {theirs[key]!r}, on D {mine[key]!r}")
-    configs = [[v for k, v in runs[name]["wandb"] if k == "init"] for name in runs]
-    if any(c != configs[0] for c in configs):
-        found.append("the wandb config differs")
+        if runs[name]["schedule"] != runs[base]["schedule"]:
+            found.append(f"{name}: the participation log or the checkpointed schedule differs")
     return found
 
 

@@ -12,13 +12,14 @@ from dp_accounting.rdp import rdp_privacy_accountant
 from engine.ledger import ObservedParticipation
 from engine.participation import ParticipationBound
 from mechanisms.accounting import (
+    RunAccountant,
     epsilons,
     gaussian_epsilon,
     noise_for_epsilon,
+    observed_bound,
     planned,
     privacy_cost,
     resolved_participations,
-    spent,
 )
 from mechanisms.gaussian import GaussianMechanism
 from mechanisms.tree import TreeMechanism
@@ -80,16 +81,22 @@ def test_gaussian_epsilon_is_the_pld_limit(rho):
     assert exact == pytest.approx(pld.get_epsilon(1e-8), rel=1e-3)
 
 
-def test_spent_uses_the_observed_participation():
+def test_the_observed_epsilon_uses_the_ledgers_participation():
     mechanism = GaussianMechanism(noise_multiplier=1.0)
+    accountant = RunAccountant(mechanism, ParticipationBound(None, 1), 1e-6)
     seen = ObservedParticipation(
         max_participations=3, min_separation=5, clients=9, contributions=20
     )
-    assert spent(mechanism, 40, seen, 1e-6).rho == pytest.approx(3 / 2)
+    assert observed_bound(seen, 40) == (3, 5)
+    metrics = accountant.metrics(40, seen)
+    assert metrics["privacy/epsilon_observed"] == pytest.approx(min(epsilons(3 / 2, 1e-6)))
+    assert metrics["privacy/rho"] == pytest.approx(40 / 2)  # planned: (k, b) = (40, 1)
     never_twice = ObservedParticipation(
         max_participations=1, min_separation=None, clients=9, contributions=9
     )
-    assert spent(mechanism, 40, never_twice, 1e-6).rho == pytest.approx(1 / 2)
+    assert observed_bound(never_twice, 40) == (1, 40)
+    observed = accountant.metrics(40, never_twice)["privacy/epsilon_observed"]
+    assert observed == pytest.approx(min(epsilons(1 / 2, 1e-6)))
 
 
 def test_planned_uses_the_declared_bound():

@@ -10,6 +10,7 @@ import pytest
 import ray
 
 from engine.aggregation import DenseAggregator
+from engine.backends import LocalBackend
 from engine.errors import ConfigError
 from engine.faults import Faults, InjectedClientError
 from engine.simulation import Simulation
@@ -128,3 +129,27 @@ def test_fault_settings_are_validated():
     with pytest.raises(InjectedClientError):
         for client in range(100):
             Faults(client_failure_prob=0.5).maybe_fail(0, 0, client)
+
+
+def test_a_clipped_client_that_keeps_failing_adds_zeros_and_its_error_text_stays_unsaid(capsys):
+    ids = np.arange(30)
+    weights = _weights()
+    (partial,) = _worker(client_failure_prob=0.2).train(weights, 0, [ids], clip_norm=1.0)
+    failed = sorted(partial.failed)
+    assert len(failed) > 0 and partial.num_clients == len(ids)  # the count does not tell
+    (expected,) = _worker().train(weights, 0, [np.setdiff1d(ids, failed)], clip_norm=1.0)
+    np.testing.assert_array_equal(partial.update_sum, expected.update_sum)
+    assert partial.bit_sum == expected.bit_sum - 0.5 * len(failed)
+    err = capsys.readouterr().err
+    assert f"client {failed[0]} failed 3 times (InjectedClientError); left out" in err
+
+
+def test_a_private_run_records_failed_and_non_finite_clients_in_the_ledger():
+    faults = ("faults.client_failure_prob=0.2", "faults.nan_update_prob=0.2")
+    private = ("mechanism=gaussian", "clipping=fixed", *faults)
+    with Simulation(smoke_experiment(*SMALL, *private), backend=LocalBackend()) as sim:
+        metrics = [sim.run_round(r) for r in range(4)]
+        counts = sim.scheduler.ledger.count
+    assert sum(m["system/failed_clients"] for m in metrics) > 0
+    assert all(m["participation/clients_aggregated"] == 24 for m in metrics)
+    assert counts.sum() == 4 * 24  # every reported client counts for privacy

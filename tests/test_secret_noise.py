@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from mechanisms.base import SECRET_SEED_BITS, NoiseSeed
 from mechanisms.blt import BltMechanism
 from mechanisms.gaussian import GaussianMechanism
 from mechanisms.tree import TreeMechanism
+from tests.audit import RecordingWandb
 from tests.conftest import compose_config
 
 SECRET = (
@@ -61,8 +63,9 @@ def test_secret_noise_differs_between_mechanisms_and_continues_from_the_state(ma
 def test_seeded_noise_refuses_a_state_of_another_seed_and_secret_needs_one():
     seeded = NoiseSeed(3, "seeded")
     seeded.restore(3)
-    with pytest.raises(ValueError, match="seed 4"):
-        seeded.restore(4)
+    with pytest.raises(ValueError, match="another noise seed") as error:
+        seeded.restore(2**100 + 4)
+    assert str(2**100 + 4) not in str(error.value)
     with pytest.raises(ValueError, match="no secret noise seed"):
         NoiseSeed(0, "secret").restore("3")
     with pytest.raises(ValueError, match="noise_seed: must be one of"):
@@ -78,7 +81,7 @@ def _experiment() -> tuple[Experiment, dict[str, Any]]:
 def _run(out: Path, resume: bool = False) -> dict[str, Any]:
     experiment, config = _experiment()
     checkpoint = _checkpoint_to_resume(str(out), config) if resume else None
-    tracking = Tracking(mode="disabled", progress=False)
+    tracking = Tracking(mode="offline", progress=False, participation_log=True)
     path = run_experiment(
         experiment, tracking, out, config, "sha", resume=checkpoint, backend=LocalBackend()
     )
@@ -86,6 +89,8 @@ def _run(out: Path, resume: bool = False) -> dict[str, Any]:
 
 
 def test_a_secret_run_resumes_exactly_and_logs_its_seed_nowhere(tmp_path, monkeypatch):
+    recorder = RecordingWandb()  # what wandb would be handed
+    monkeypatch.setitem(sys.modules, "wandb", recorder)
     save, snapshot = engine.runner.save, tmp_path / "after_round_2"
 
     def save_and_keep_the_first(checkpoint: Any, output_dir: Path) -> Path:
@@ -103,9 +108,17 @@ def test_a_secret_run_resumes_exactly_and_logs_its_seed_nowhere(tmp_path, monkey
     assert resumed["model_sha256"] == whole["model_sha256"]
     checkpoint = load(tmp_path / "whole")
     assert checkpoint is not None
-    secret = str(checkpoint.server["mechanism"]["seed"])
-    assert len(secret) >= 30  # a 128-bit number, not the config's seed
-    for path in (tmp_path / "whole").iterdir():
-        if path.name != FILE_NAME and path.is_file():
-            assert secret not in path.read_text(errors="replace"), path.name
+    seed = checkpoint.server["mechanism"]["seed"]
+    assert seed >= 2**32  # a 128-bit number, not the config's seed (P(< 2^32) = 2^-96)
+    forms = (str(seed), f"{seed:x}", f"{seed:X}", seed.to_bytes(16, "little"))
+    for path in (tmp_path / "whole").rglob("*"):
+        if path.is_file() and path.name != FILE_NAME:
+            content = path.read_bytes()
+            assert not any(_in(form, content) for form in forms), path
+    handed = repr(recorder.calls).encode()
+    assert not any(_in(form, handed) for form in forms)
     assert "secret" in json.dumps(_experiment()[1]["mechanism"])  # the config says only that
+
+
+def _in(form: str | bytes, content: bytes) -> bool:
+    return (form.encode() if isinstance(form, str) else form) in content
