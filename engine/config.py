@@ -151,8 +151,13 @@ class Config:
 
 
 def register_configs() -> None:
-    """Stores the top-level schema and one schema per component option (idempotent)."""
+    """Stores the top-level schema and one schema per component option (idempotent).
+
+    Hydra's store is one per process: once it holds the schemas, this returns at once.
+    """
     store = ConfigStore.instance()
+    if "base_config.yaml" in store.repo:
+        return
     store.store(name="base_config", node=Config)
     for group, option, cls in COMPONENTS:
         node = schema_of(cls, injected=INJECTED.get(group, ()))
