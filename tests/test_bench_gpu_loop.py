@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -10,21 +9,15 @@ import numpy as np
 import pytest
 import torch
 
+from tests.scripts import load_script
+
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_gpu_loop.py"
-
-
-def _module() -> object:
-    spec = importlib.util.spec_from_file_location("bench_gpu_loop", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_prints_updates_per_second_of_each_path_against_the_torch_loop(capsys):
     threads = torch.get_num_threads()
     try:
-        _module().main(["--device", "cpu", "--clients", "3", "--repeats", "1"])  # type: ignore[attr-defined]
+        load_script(SCRIPT).main(["--device", "cpu", "--clients", "3", "--repeats", "1"])
     finally:
         torch.set_num_threads(threads)
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
@@ -36,7 +29,7 @@ def test_prints_updates_per_second_of_each_path_against_the_torch_loop(capsys):
 
 
 def test_the_torch_loop_trains_as_plain_sgd_does():
-    module = _module()
+    module = load_script(SCRIPT)
     from engine.client import LocalTraining
     from engine.models import CNN, flatten, init_parameters
     from engine.population import ClientData
@@ -47,7 +40,7 @@ def test_the_torch_loop_trains_as_plain_sgd_does():
     rng = np.random.default_rng(0)
     data = ClientData(rng.random((4, 784), dtype=np.float32), rng.integers(0, 62, 4))
     training = LocalTraining(batch_size=4, lr=0.1)  # one full-batch step: order does not matter
-    delta = module.torch_loop(model, params, [data], training, 0)  # type: ignore[attr-defined]
+    delta = module.torch_loop(model, params, [data], training, 0)
     model_copy = CNN(784, 62)
     torch.nn.utils.vector_to_parameters(params.clone(), model_copy.parameters())
     loss = torch.nn.functional.cross_entropy(

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
+
+from tests.scripts import load_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_overhead.py"
 KEYS = {
@@ -36,15 +36,6 @@ KEYS = {
 }
 
 INRUN = {"inrun_train_ms", "inrun_server_ms", "inrun_overhead_ms", "ray_call_ms"}
-
-
-def _load_script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_overhead", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up here
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +88,7 @@ def test_script_prints_one_json_line_per_case_with_the_floor_first(lines):
 
 
 def test_floor_weights_are_deterministic_and_match_the_floor_case(lines):
-    bench = _load_script()
+    bench = load_script(SCRIPT)
     experiment = bench.build_experiment(1000, 10, rounds=3, seed=0, vectorise="off")
     threads = torch.get_num_threads()
     try:

@@ -8,7 +8,6 @@ fedray-only run through the real CLI.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -25,6 +24,7 @@ import torch
 from engine.client import LocalTraining, train_client
 from engine.ledger import ParticipationLedger
 from engine.rng import Stream, generator
+from tests.scripts import load_script
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 SCRIPT = SCRIPTS / "bench_peers.py"
@@ -65,18 +65,9 @@ LINE_KEYS = {
 COHORTS = [[3, 1, 4], [1, 5, 9], [2, 6, 5]]
 
 
-def _load(name: str, path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
-    return _load("bench_peers", SCRIPT)
+    return load_script(SCRIPT, "bench_peers")
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +79,7 @@ def peer_common() -> Iterator[ModuleType]:
     threads = torch.get_num_threads()
     sys.path.insert(0, str(PEERS))  # the peer workloads import it as `peer_common`
     try:
-        yield _load("peer_common", PEERS / "peer_common.py")
+        yield load_script(PEERS / "peer_common.py", "peer_common")
     finally:
         sys.path.remove(str(PEERS))
         torch.set_num_threads(threads)
@@ -99,7 +90,7 @@ def pfl_workload(peer_common: ModuleType) -> ModuleType:
     """scripts/peers/pfl_workload.py: it imports pfl only inside its functions."""
     sys.path.insert(0, str(PEERS))
     try:
-        return _load("pfl_workload", PEERS / "pfl_workload.py")
+        return load_script(PEERS / "pfl_workload.py", "pfl_workload")
     finally:
         sys.path.remove(str(PEERS))
 

@@ -2,28 +2,21 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 import torch
 
+from tests.scripts import load_script
+
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_steps.py"
-
-
-def _main() -> object:
-    spec = importlib.util.spec_from_file_location("bench_steps", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
 
 
 def test_prints_step_costs_and_the_vectorised_speedup(capsys):
     threads = torch.get_num_threads()
     try:
-        _main()(["--models", "logreg", "--clients", "4", "--repeats", "1"])  # type: ignore[operator]
+        load_script(SCRIPT).main(["--models", "logreg", "--clients", "4", "--repeats", "1"])
     finally:
         torch.set_num_threads(threads)
     step, clients = (json.loads(line) for line in capsys.readouterr().out.splitlines())
@@ -39,4 +32,4 @@ def test_prints_step_costs_and_the_vectorised_speedup(capsys):
 
 def test_rejects_unknown_models():
     with pytest.raises(SystemExit):
-        _main()(["--models", "resnet"])  # type: ignore[operator]
+        load_script(SCRIPT).main(["--models", "resnet"])

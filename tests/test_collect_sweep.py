@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
 import yaml
+
+from tests.scripts import load_script
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "collect_sweep.py"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -100,15 +100,6 @@ def run_script(*args: str | Path, env: dict[str, str] | None = None) -> subproce
         timeout=60,
         env=env,
     )
-
-
-def load_script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("collect_sweep", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up here
-    spec.loader.exec_module(module)
-    return module
 
 
 def read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
@@ -232,7 +223,7 @@ def test_missing_sweep_dir_fails(tmp_path: Path) -> None:
 
 
 def test_series_mean_min_max_sorted_and_no_dp_kept(sweep: Path) -> None:
-    module = load_script()
+    module = load_script(SCRIPT)
     rows, failed = module.collect(sweep, module.find_jobs(sweep))
     assert [f.name for f in failed] == [FAILED_JOB]
     series = {

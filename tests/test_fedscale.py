@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import pickle
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -15,6 +13,7 @@ import pytest
 from engine.errors import ConfigError
 from engine.fedscale import FedScaleAvailability, FedScaleDevices, load_mapping
 from engine.trace_files import resolve_path
+from tests.scripts import load_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "make_fedscale_trace.py"
 
@@ -247,16 +246,8 @@ def test_shipped_files() -> None:
     assert sum(p.stat().st_size for p in folder.iterdir()) < 150_000
 
 
-def load_script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("make_fedscale_trace", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_generator_reproduces_shipped_files(tmp_path: Path) -> None:
-    load_script().main(["--out-dir", str(tmp_path)])
+    load_script(SCRIPT).main(["--out-dir", str(tmp_path)])
     shipped = resolve_path("fedray:fedscale_behaviour.json").parent
     names = ["fedscale_behaviour.json", "fedscale_capacity.json", "diurnal_intervals.csv"]
     for name in names:
