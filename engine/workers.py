@@ -112,7 +112,6 @@ class ClientWorker:
         ids = [int(c) for chunk in chunks for c in chunk]
         private = clip_norm is not None
         updates = iter(self._updates(params, round_idx, ids, private))  # all chunks at once
-        nothing = ClientUpdate(np.zeros(len(params), np.float32), 0, 0.0, 0)
         partials = []
         for chunk in chunks:
             partial = self._aggregator.zeros(len(params), self._layout)
@@ -125,9 +124,10 @@ class ClientWorker:
                 elif not finite:
                     partial.nonfinite.append(client_id)
                 if clip_norm is not None:
-                    delta, bit = clip_update((update or nothing).delta, clip_norm)
+                    update = update or ClientUpdate(np.zeros(len(params), np.float32), 0, 0.0, 0)
+                    delta, bit = clip_update(update.delta, clip_norm)
                     bit = bit if finite else -0.5
-                    partial.add(dataclasses.replace(update or nothing, delta=delta), 1.0, bit)
+                    partial.add(dataclasses.replace(update, delta=delta), 1.0, bit)
                 elif update is not None and finite:
                     partial.add(update, self._aggregator.client_weight(update))
             partials.append(partial)
