@@ -25,6 +25,7 @@ from engine.aggregation import Aggregator, Partial
 from engine.settings import Cluster
 
 _SERVER_CPUS = 0.01  # the server's bundle: it mostly waits on its inputs
+_NOTE_EVERY_S = 30.0  # while a placement group waits for resources, a note this often
 
 
 def assigned_device() -> torch.device:
@@ -41,7 +42,9 @@ class Resources:
         num_workers: Client workers.
         worker_cpus: CPUs per worker.
         worker_gpus: GPU fraction per worker (0 on a cluster without GPUs).
-        server_gpus: GPUs of the server (0 or 1).
+        server_gpus: GPU share of the server: 0, a worker's share (capped at 1) when the
+            workers use GPUs, else 1. Ray's GPU fractions only count; they do not partition a
+            GPU's memory or compute.
     """
 
     num_workers: int
@@ -54,7 +57,13 @@ class Resources:
         """The resources `cluster` asks for, on the Ray cluster this process is connected to.
 
         Without GPUs in the Ray cluster, GPU requests are dropped (with a note on stderr): the
-        same config then runs everything on the CPU.
+        same config then runs everything on the CPU. The server on a GPU takes a worker's share
+        of it (so 4 workers at 0.2 and the server fit on one GPU), or a whole GPU when the
+        workers run on CPUs.
+
+        Raises:
+            ValueError: The job asks for more GPUs than the Ray cluster has (Ray would wait for
+                them for ever).
         """
         available = ray.cluster_resources()
         cpus = float(available.get("CPU", 1.0))
@@ -63,12 +72,37 @@ class Resources:
         wants_gpus = cluster.gpus_per_worker > 0 or cluster.server_gpu
         if wants_gpus and not has_gpus:
             print("fedray: no GPU in the Ray cluster; running on the CPU", file=sys.stderr)
-        return Resources(
+        worker_gpus = cluster.gpus_per_worker if has_gpus else 0.0
+        server_gpus = min(1.0, worker_gpus or 1.0) if cluster.server_gpu and has_gpus else 0.0
+        resources = Resources(
             num_workers=num_workers,
             worker_cpus=min(1.0, (cpus - _SERVER_CPUS) / num_workers),
-            worker_gpus=cluster.gpus_per_worker if has_gpus else 0.0,
-            server_gpus=1.0 if cluster.server_gpu and has_gpus else 0.0,
+            worker_gpus=worker_gpus,
+            server_gpus=server_gpus,
         )
+        resources.check_gpus(float(available.get("GPU", 0.0)))
+        return resources
+
+    def check_gpus(self, cluster_gpus: float) -> None:
+        """Raises ValueError when the job's GPU shares cannot fit on `cluster_gpus` GPUs."""
+        needed = self.gpus_needed()
+        if needed > cluster_gpus + 1e-9:
+            raise ValueError(
+                f"cluster: the job needs {needed:g} GPUs ({self.num_workers} workers at "
+                f"{self.worker_gpus:g} each, the server at {self.server_gpus:g}) but the Ray "
+                f"cluster has {cluster_gpus:g}; lower cluster.gpus_per_worker or set "
+                "cluster.num_workers (null means one worker per CPU)"
+            )
+
+    def gpus_needed(self) -> float:
+        """GPUs the job occupies: shares below 1 pack floor(1 / share) to a GPU."""
+        if self.worker_gpus >= 1:
+            return self.worker_gpus * self.num_workers + self.server_gpus
+        if self.worker_gpus == 0:
+            return self.server_gpus
+        tenants = self.num_workers + (self.server_gpus > 0)
+        per_gpu = int(1 / self.worker_gpus + 1e-9)
+        return float(-(-tenants // per_gpu))
 
     def reserve(self, spread: bool) -> PlacementGroup:
         """One placement group: bundle i for worker i, the last bundle for the server.
@@ -80,7 +114,13 @@ class Resources:
         server = {"CPU": _SERVER_CPUS, "GPU": self.server_gpus}
         bundles = [_nonzero(worker)] * self.num_workers + [_nonzero(server)]
         group = placement_group(bundles, strategy="SPREAD" if spread else "PACK")
-        ray.get(group.ready())
+        ready = group.ready()
+        while not ray.wait([ready], timeout=_NOTE_EVERY_S)[0]:
+            print(
+                f"fedray: waiting for Ray to place {len(bundles)} bundles {bundles[0]} … "
+                f"{bundles[-1]}; the cluster has {ray.available_resources()}",
+                file=sys.stderr,
+            )
         return group
 
     def worker_options(self, group: PlacementGroup, index: int) -> dict[str, Any]:

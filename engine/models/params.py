@@ -12,7 +12,7 @@ from torch import nn
 def flatten(model: nn.Module) -> np.ndarray:
     """Returns a copy of the model's parameters as one float32 vector, in `parameters()` order."""
     with torch.no_grad():
-        return nn.utils.parameters_to_vector(model.parameters()).numpy().astype(np.float32)
+        return nn.utils.parameters_to_vector(model.parameters()).cpu().numpy().astype(np.float32)
 
 
 def assign_flat(model: nn.Module, flat: torch.Tensor) -> None:
