@@ -18,8 +18,11 @@ $(STAMP): pyproject.toml | $(BIN)/python
 run: $(STAMP)  ## Run the default simulation (1M clients, FedAvg, offline wandb).
 	$(BIN)/fedray $(ARGS)
 
+# pytest-xdist workers: each file runs whole on one worker, the slow files first (conftest.py).
+TEST_WORKERS ?= 2
+
 test: $(STAMP) lint  ## ruff, mypy and the whole pytest suite; fails if any fails.
-	WANDB_MODE=disabled $(BIN)/pytest -q
+	WANDB_MODE=disabled $(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

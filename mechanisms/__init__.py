@@ -6,10 +6,13 @@ Conventions, used everywhere in fedray:
     - A participation bound (k, b) means at most k participations, any two at least b rounds
       apart (|i - j| >= b).
     - Released values are x_t + (C^-1 z)_t with z ~ N(0, sigma^2 clip^2) per coordinate, and
-      rho = sens(C; k, b)^2 / (2 sigma^2).
+      rho = sens(C; k, b)^2 / (2 sigma^2). C is the noise's factorisation (the word "strategy"
+      is kept for the server's update rule, `strategies/`).
+    - A mechanism is a frozen value, `prepare`d once per run (its factorisation optimised for
+      (n, k, b)); its noise stream's state is a `NoiseState` that the server holds.
 """
 
-from mechanisms.base import Mechanism
+from mechanisms.base import Mechanism, NoiseState
 from mechanisms.noiseless import NoNoise
 
-__all__ = ["Mechanism", "NoNoise"]
+__all__ = ["Mechanism", "NoNoise", "NoiseState"]

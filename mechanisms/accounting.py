@@ -5,7 +5,8 @@ epsilon(delta) twice: with the RDP accountant (`ZCDpEvent(rho)`), and with the P
 `GaussianDpEvent(1 / sqrt(2 rho))`. The second is exact here, not merely zCDP-equivalent: the
 release x + C^-1 z is a Gaussian mechanism whose sensitivity (in the C-encoded space) is
 sens(C; k, b), i.e. mu-GDP with mu = sens / sigma, adaptively composed (Denisov et al. 2022).
-The reported epsilon is the smaller of the two; both are valid.
+The reported epsilon is the smaller of the two; both are valid. The noise multiplier that meets a
+target epsilon starts from dp-accounting's exact Gaussian calibration (`get_sigma_gaussian`).
 """
 
 from __future__ import annotations
@@ -16,13 +17,10 @@ from dataclasses import dataclass
 import dp_accounting
 from dp_accounting.pld import pld_privacy_accountant
 from dp_accounting.rdp import rdp_privacy_accountant
-from scipy.optimize import brentq
-from scipy.special import log_ndtr, ndtr
 
-from engine.errors import require
-from engine.ledger import ObservedParticipation
-from engine.participation import ParticipationBound
-from mechanisms.base import Mechanism
+from common.errors import require
+from mechanisms.base import Mechanism, require_noise_multiplier
+from mechanisms.participation import ObservedParticipation, ParticipationBound
 
 
 @dataclass(frozen=True)
@@ -71,13 +69,6 @@ class PrivacyCost:
         }
 
 
-def resolved_participations(bound: ParticipationBound, rounds: int) -> int:
-    """The bound's k, or the most participations that b allows in `rounds` rounds."""
-    most = -(-rounds // bound.min_separation)
-    k = bound.max_participations
-    return most if k is None else min(k, most)
-
-
 def epsilons(rho: float, delta: float) -> tuple[float, float]:
     """epsilon(delta) of rho-zCDP: (RDP accountant, PLD accountant)."""
     if rho == 0:
@@ -102,49 +93,31 @@ def privacy_cost(
         ConfigError: when the mechanism adds no noise (epsilon would be infinite).
     """
     sigma = mechanism.noise_multiplier
-    require(sigma > 0, "mechanism.noise_multiplier", "must be > 0 for a privacy guarantee")
+    require_noise_multiplier(sigma, "mechanism.noise_multiplier")
     sens_sq = mechanism.sensitivity_squared(rounds, max_participations, min_separation)
     rho = sens_sq / (2.0 * sigma**2)
     rdp, pld = epsilons(rho, delta)
     return PrivacyCost(rounds, max_participations, min_separation, sens_sq, rho, rdp, pld, delta)
 
 
-def gaussian_epsilon(rho: float, delta: float) -> float:
-    """The exact epsilon(delta) of the Gaussian mechanism with rho-zCDP (mu-GDP, mu = sqrt(2 rho)).
-
-    Balle and Wang 2018: delta(eps) = Phi(mu/2 - eps/mu) - e^eps Phi(-mu/2 - eps/mu), solved for
-    eps. Cheap and exact; the PLD accountant's figure converges to it from above.
-    """
-    mu = math.sqrt(2.0 * rho)
-
-    def excess(eps: float) -> float:
-        tail = math.exp(eps + log_ndtr(-mu / 2 - eps / mu)) if mu > 0 else 0.0
-        return float(ndtr(mu / 2 - eps / mu)) - tail - delta
-
-    if mu == 0 or excess(0.0) <= 0:
-        return 0.0
-    high = 1.0
-    while excess(high) > 0:
-        high *= 2
-    return float(brentq(excess, 0.0, high, xtol=1e-12))
-
-
 def noise_for_epsilon(sensitivity_squared: float, target_epsilon: float, delta: float) -> float:
     """The smallest noise multiplier (to 0.05%) whose reported epsilon meets `target_epsilon`.
 
-    Bisection on rho with the exact Gaussian epsilon, then sigma = sqrt(sens^2 / (2 rho)),
-    nudged up until the reported epsilon (the tighter of RDP and PLD) is within the target.
+    Starts from the exact calibration of the Gaussian mechanism (Balle and Wang 2018, as
+    dp-accounting's `get_sigma_gaussian`): sigma_1 for sensitivity 1 meets the target exactly,
+    so sigma = sens sigma_1 does for the whole release (a Gaussian mechanism of sensitivity sens
+    in the C-encoded space). It is then nudged up until the reported epsilon (the tighter of
+    RDP and PLD, whose discretisation stays above the exact curve) is within the target.
+
+    Guarantees:
+        The returned sigma's reported epsilon (what `privacy_cost` gives for this sens^2) is
+        <= target_epsilon at `delta`; 0.9995 sigma's may not be.
+
+    Raises:
+        ConfigError: If the target is not > 0.
     """
     require(target_epsilon > 0, "target_epsilon", f"must be > 0, got {target_epsilon}")
-    low, high = 0.0, 1.0
-    while gaussian_epsilon(high, delta) < target_epsilon:
-        low, high = high, 2 * high
-    for _ in range(60):
-        mid = (low + high) / 2
-        low, high = (mid, high) if gaussian_epsilon(mid, delta) <= target_epsilon else (low, mid)
-    if low == 0:
-        return math.inf
-    sigma = math.sqrt(sensitivity_squared / (2.0 * low))
+    sigma = math.sqrt(sensitivity_squared) * dp_accounting.get_sigma_gaussian(target_epsilon, delta)
     while min(epsilons(sensitivity_squared / (2.0 * sigma**2), delta)) > target_epsilon:
         sigma *= 1.0005
     return sigma
@@ -165,8 +138,7 @@ def planned(
     mechanism: Mechanism, rounds: int, bound: ParticipationBound, delta: float
 ) -> PrivacyCost:
     """The cost of `rounds` rounds under the participation policy's declared bound."""
-    k = resolved_participations(bound, rounds)
-    return privacy_cost(mechanism, rounds, k, bound.min_separation, delta)
+    return privacy_cost(mechanism, rounds, bound.resolved(rounds), bound.min_separation, delta)
 
 
 class RunAccountant:
@@ -196,9 +168,7 @@ class RunAccountant:
 
     def metrics(self, rounds: int, observed: ObservedParticipation) -> dict[str, float]:
         """The planned cost of `rounds` rounds and the observed one, as flat metrics."""
-        plan = self._cost(
-            rounds, resolved_participations(self._bound, rounds), self._bound.min_separation
-        )
+        plan = self._cost(rounds, self._bound.resolved(rounds), self._bound.min_separation)
         seen = self._cost(rounds, *observed_bound(observed, rounds))
         return {**plan.metrics(), "privacy/epsilon_observed": seen.epsilon}
 

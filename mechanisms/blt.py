@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
 
 import numpy as np
 import scipy.optimize
@@ -14,11 +14,19 @@ import scipy.special
 import torch
 from threadpoolctl import threadpool_limits
 
-from engine.errors import require
-from mechanisms.banded import prefix_error, toeplitz_lower
-from mechanisms.base import Mechanism, NoiseSeed
-from mechanisms.gaussian import RoundCursor, add_noise, check_round, standard_normal
-from mechanisms.strategy_cache import cached_strategy
+from common.errors import require
+from mechanisms.base import (
+    NoiseState,
+    NoisyMechanism,
+    add_noise,
+    digest,
+    require_run,
+    standard_normal,
+)
+from mechanisms.factorisation_cache import cached_factorisation
+from mechanisms.participation import participations_that_fit
+from mechanisms.sensitivity import toeplitz_sensitivity_squared
+from mechanisms.toeplitz import pattern_sensitivity, prefix_error, toeplitz_lower
 
 BLT_VERSION = "blt-lbfgs-1"
 MAX_BUFFERS = 8
@@ -48,22 +56,6 @@ def blt_inverse_coefficients(theta: np.ndarray, omega: np.ndarray, n: int) -> np
     impulse = np.zeros(n)
     impulse[:1] = 1.0
     return np.asarray(scipy.signal.lfilter(q, p, impulse))
-
-
-def pattern_sensitivity(coeffs: np.ndarray, n: int, k: int, b: int) -> tuple[float, np.ndarray]:
-    """||C (e_0 + e_b + ... + e_{(k'-1) b})||^2, k' = min(k, ceil(n / b)), and its gradient.
-
-    For non-negative non-increasing Toeplitz coefficients this is sens(C; k, b)^2 (McMahan et
-    al. 2024, Thm 2).
-    """
-    count = min(k, -(-n // b))
-    column_sum = np.zeros(n)
-    for i in range(count):
-        column_sum[i * b :] += coeffs[: n - i * b]
-    grad = np.zeros(n)
-    for i in range(count):
-        grad[: n - i * b] += 2.0 * column_sum[i * b :]
-    return float(column_sum @ column_sum), grad
 
 
 def _unpack(x: np.ndarray, buffers: int) -> tuple[np.ndarray, np.ndarray]:
@@ -125,168 +117,156 @@ def _optimise_blt(rounds: int, k: int, b: int, buffers: int) -> tuple[np.ndarray
     return _unpack(best[1], buffers)
 
 
-class _BltStream:
-    """The next round, d, and the buffers B_i = sum_{j >= 1} theta_i^(j-1) w_{t-j}, [m, d].
+@dataclass(frozen=True)
+class BltFactorisation:
+    """A BLT factorisation: c_0 = 1, c_j = sum_i omega_i theta_i^(j-1) (j >= 1).
 
-    `shared` marks buffers handed out by `state_dict` (or taken from `load_state_dict`): they
-    are copied before their next in-place update.
+    Guarantees:
+        theta in (0, 1) and omega >= 0 make the coefficients non-negative and non-increasing,
+        which `toeplitz_sensitivity_squared` needs to be exact (McMahan et al. 2024, Thm 2;
+        it checks them again).
+
+    Attributes:
+        theta: theta_i in (0, 1), one per buffer.
+        omega: omega_i >= 0, as many, with sum_i omega_i <= 1: the coefficients are then
+            non-negative and non-increasing.
     """
 
-    def __init__(self) -> None:
-        self.cursor = RoundCursor()
-        self.buffers: torch.Tensor | None = None
-        self.shared = False
+    theta: tuple[float, ...]
+    omega: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        theta, omega = self.arrays
+        valid = len(theta) == len(omega) >= 1 and omega.sum() <= 1 + 1e-12
+        if not valid or np.any((theta <= 0) | (theta >= 1) | (omega < 0)):
+            raise ValueError(f"invalid BLT parameters: theta {self.theta}, omega {self.omega}")
+
+    @classmethod
+    def optimised(cls, rounds: int, k: int, b: int, buffers: int) -> BltFactorisation:
+        """The factorisation of `optimise_blt(n, min(k, ceil(n / b)), b, buffers)`, cached.
+
+        Raises:
+            ValueError: If the cache holds parameters of another shape or invalid ones.
+        """
+        k = participations_that_fit(rounds, b, k)
+        key: dict[str, int | str] = {"kind": "blt", "n": rounds, "k": k, "b": b}
+        key.update(buffers=buffers, version=BLT_VERSION)
+
+        def compute() -> dict[str, object]:
+            theta, omega = optimise_blt(rounds, k, b, buffers)
+            return {"theta": theta, "omega": omega}
+
+        params = cached_factorisation(key, compute)
+        if not len(params["theta"]) == len(params["omega"]) == buffers:
+            raise ValueError(f"cached BLT factorisation {key} is invalid: {params}")
+        return cls(tuple(params["theta"]), tuple(params["omega"]))
+
+    @cached_property
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """(theta, omega) as float64."""
+        return np.asarray(self.theta, dtype=float), np.asarray(self.omega, dtype=float)
+
+    @cached_property
+    def digest(self) -> str:
+        """The fingerprint of (theta, omega) (`mechanisms.base.digest`)."""
+        return digest(*self.arrays)
+
+    def coefficients(self, rounds: int) -> np.ndarray:
+        """C's first column over `rounds` rounds."""
+        return blt_coefficients(*self.arrays, rounds)
 
 
 @dataclass(frozen=True)
-class BltMechanism(Mechanism):
+class BltMechanism(NoisyMechanism):
     """Buffered linear Toeplitz noise: C^-1 z with a Toeplitz C of rational generating function.
 
     McMahan, Xu, Zhang 2024, "Efficient and near-optimal noise generation for streaming
     differential privacy". C is lower-triangular Toeplitz with c_0 = 1 and c_j = sum_i omega_i
     theta_i^(j-1) (j >= 1, i < `buffers`), theta_i in (0, 1), omega_i >= 0, sum_i omega_i < 1.
-    (theta, omega) are chosen by L-BFGS-B from a few starts to minimise the mean over the
-    `rounds` rounds of the squared prefix-sum error of A C^-1 times sens(C; k, b)^2, i.e. the
-    error at equal rho. Round t's noise is sigma w_t with C w = z, streamed as
-    w_t = z_t - sum_i omega_i B_i, then B_i <- theta_i B_i + w_t, z_t ~ N(0, I) from
-    (seed, NOISE, t). Parameters are optimised lazily, at first use, and cached on disk
-    (`mechanisms.strategy_cache`). Rounds past `rounds` continue the same recursion.
+    `prepare` chooses (theta, omega) by L-BFGS-B from a few starts to minimise the mean over the
+    run's n rounds of the squared prefix-sum error of A C^-1 times sens(C; k, b)^2, i.e. the
+    error at equal rho (cached on disk, `mechanisms.factorisation_cache`). Round t's noise is
+    sigma w_t with C w = z, streamed as w_t = z_t - sum_i omega_i B_i, then
+    B_i <- theta_i B_i + w_t, z_t ~ N(0, I) from (seed, NOISE, t). Rounds past n continue the
+    same recursion.
 
     Guarantees:
         The coefficients are non-negative and non-increasing, so under a (k, b) bound the
         worst participation pattern is 0, b, ..., (k-1) b (McMahan et al. 2024, Thm 2). With
         user-level replace-with-zero adjacency and clipped updates (L2 norm <= 1 in clip
         norms), the release is rho-zCDP with rho = sensitivity_squared(n, k, b) / (2 sigma^2);
-        C is lower-triangular, so this holds for adaptive updates (Denisov et al. 2022).
+        C is lower-triangular, so this holds for adaptive updates (Denisov et al. 2022). A
+        state records the parameters' fingerprint: its noise never continues with another C.
         Assumes secret noise: seeded noise (the default) is known to whoever knows the seed;
         `noise_seed="secret"` draws it from the OS (`mechanisms.base.NoiseSeed`).
 
     Memory:
-        Between rounds, `buffers` float32 d-vectors, updated in place; while privatizing, z,
-        one more d-vector and the output. A checkpoint shares the buffers (copied on the next
-        update).
+        Between rounds, `buffers` float32 d-vectors (the state's "buffers" [m, d], updated in
+        place); while privatizing, z, one more d-vector and the output.
 
     Attributes:
-        rounds: n, the planned rounds (injected by the run).
-        max_participations: k (injected).
-        min_separation: b (injected).
         noise_multiplier: sigma, the noise standard deviation in units of the clip norm (> 0).
         seed: Seed of the noise stream (with noise_seed="seeded").
         noise_seed: "seeded" draws the noise from `seed` (reproducible; the default);
             "secret" from a 128-bit seed drawn from the OS and never logged (`NoiseSeed`).
         buffers: Number of buffers m, 1..8.
+        factorisation: (theta, omega), set by `prepare` (None before: no noise, no
+            sensitivity).
     """
 
-    rounds: int
-    max_participations: int
-    min_separation: int
-    noise_multiplier: float = 1.0
-    seed: int = 0
     buffers: int = 3
-    noise_seed: str = "seeded"
-    _stream: _BltStream = field(default_factory=_BltStream, init=False, repr=False, compare=False)
-    _noise: NoiseSeed = field(init=False, repr=False, compare=False)
+    factorisation: BltFactorisation | None = None
 
     def __post_init__(self) -> None:
-        for key in ("rounds", "max_participations", "min_separation"):
-            require(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
-        sigma = self.noise_multiplier
-        require(math.isfinite(sigma) and sigma > 0, "noise_multiplier", f"must be > 0, got {sigma}")
-        object.__setattr__(self, "_noise", NoiseSeed(self.seed, self.noise_seed))
+        super().__post_init__()
         m = self.buffers
         require(1 <= m <= MAX_BUFFERS, "buffers", f"must be in 1..{MAX_BUFFERS}, got {m}")
+        f = self.factorisation
+        require(f is None or len(f.theta) == m, "factorisation", f"must have {m} buffers")
 
-    @cached_property
-    def parameters(self) -> tuple[np.ndarray, np.ndarray]:
-        """(theta, omega), each of `buffers` values (optimised at first use, then cached)."""
-        n, b = self.rounds, self.min_separation
-        k = min(self.max_participations, -(-n // b))
-        key: dict[str, int | str] = {"kind": "blt", "n": n, "k": k, "b": b}
-        key.update(buffers=self.buffers, version=BLT_VERSION)
+    def prepare(self, rounds: int, max_participations: int, min_separation: int) -> BltMechanism:
+        """This mechanism with (theta, omega) optimised for the run's (n, k, b)."""
+        require_run(rounds, max_participations, min_separation)
+        factorisation = BltFactorisation.optimised(
+            rounds, max_participations, min_separation, self.buffers
+        )
+        return dataclasses.replace(self, factorisation=factorisation)
 
-        def compute() -> dict[str, object]:
-            theta, omega = optimise_blt(n, k, b, self.buffers)
-            return {"theta": theta, "omega": omega}
+    def _prepared(self) -> BltFactorisation:
+        """The factorisation.
 
-        params = cached_strategy(key, compute)
-        theta, omega = (np.asarray(params[name], dtype=float) for name in ("theta", "omega"))
-        valid = theta.shape == omega.shape == (self.buffers,) and omega.sum() <= 1 + 1e-12
-        if not valid or np.any((theta <= 0) | (theta >= 1) | (omega < 0)):
-            raise ValueError(f"cached BLT strategy {key} is invalid: {theta}, {omega}")
-        return theta, omega
+        Raises:
+            ValueError: If the mechanism is not prepared.
+        """
+        if self.factorisation is None:
+            raise ValueError("BltMechanism has no factorisation: prepare() it for the run")
+        return self.factorisation
 
-    def coefficients(self, rounds: int) -> np.ndarray:
-        """C's first column over `rounds` rounds."""
-        return blt_coefficients(*self.parameters, rounds)
+    def _factorisation_digest(self) -> str:
+        return self._prepared().digest
 
-    def privatize(self, total: torch.Tensor, round_idx: int) -> torch.Tensor:
+    def _buffers(self, dim: int) -> dict[str, torch.Tensor]:
+        """The buffers B_i = sum_{j >= 1} theta_i^(j-1) w_{t-j}: zeros before round 0."""
+        return {"buffers": torch.zeros(self.buffers, dim)}
+
+    def privatize(
+        self, total: torch.Tensor, round_idx: int, state: NoiseState
+    ) -> tuple[torch.Tensor, NoiseState]:
         """Returns x_t + sigma w_t, w_t = z_t - sum_i omega_i B_i, then B_i <- theta_i B_i + w_t.
 
+        The buffers are updated in place.
+
         Raises:
-            ValueError: If `round_idx` is not the next round, or the dimension changed.
+            ValueError: If `state` cannot privatize round `round_idx` (see `_check`).
         """
-        theta, omega = (torch.tensor(v, dtype=torch.float32) for v in self.parameters)
-        stream = self._stream
-        dim = check_round(stream.cursor, total, round_idx)
-        noise = standard_normal(dim, self._noise.value, round_idx)
-        buffers = stream.buffers
-        if buffers is None:
-            buffers = torch.zeros(self.buffers, dim)
-        elif stream.shared:
-            buffers = buffers.clone()
+        self._check(total, round_idx, state)
+        theta, omega = (torch.tensor(v, dtype=torch.float32) for v in self._prepared().arrays)
+        noise = standard_normal(state.dim, state.seed, round_idx)
+        buffers = state.buffers["buffers"]
         noise.sub_(torch.mv(buffers.t(), omega))
         torch.addcmul(noise.unsqueeze(0), theta.unsqueeze(1), buffers, out=buffers)  # in place
-        stream.buffers, stream.shared = buffers, False
-        stream.cursor.round += 1
-        return add_noise(total, noise, self.noise_multiplier)
-
-    def state_dict(self) -> dict[str, Any]:
-        """The next round, the BLT parameters, and the buffers (shared: copied on write)."""
-        self._stream.shared = True
-        return {
-            "round": self._stream.cursor.round,
-            "seed": self._noise.value,
-            "rounds": self.rounds,
-            "max_participations": self.max_participations,
-            "min_separation": self.min_separation,
-            "num_buffers": self.buffers,
-            "theta": torch.tensor(self.parameters[0], dtype=torch.float64),
-            "omega": torch.tensor(self.parameters[1], dtype=torch.float64),
-            "buffers": self._stream.buffers,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continues after the rounds that `state` had privatized.
-
-        Raises:
-            ValueError: If the state is of another configuration, its noise was built with
-                other BLT parameters (a changed optimiser or cache), or its buffers do not fit.
-        """
-        expected = {
-            "rounds": self.rounds,
-            "max_participations": self.max_participations,
-            "min_separation": self.min_separation,
-            "num_buffers": self.buffers,
-        }
-        for key, mine in expected.items():
-            if state[key] != mine:
-                raise ValueError(f"state has {key}={state[key]}, this mechanism {mine}")
-        theta, omega = self.parameters
-        saved = (np.asarray(state["theta"]), np.asarray(state["omega"]))
-        if not (np.array_equal(saved[0], theta) and np.array_equal(saved[1], omega)):
-            raise ValueError("state's noise was built with other BLT parameters")
-        self._noise.restore(state["seed"])
-        round_idx, buffers = int(state["round"]), state["buffers"]
-        if buffers is not None:
-            buffers = buffers.detach().to("cpu", torch.float32)
-            if buffers.dim() != 2 or buffers.shape[0] != self.buffers or round_idx == 0:
-                raise ValueError(f"buffers of shape {tuple(buffers.shape)} at round {round_idx}")
-        elif round_idx > 0:
-            raise ValueError(f"round {round_idx} needs {self.buffers} buffers")
-        self._stream.cursor.round = round_idx
-        self._stream.cursor.dim = None if buffers is None else buffers.shape[1]
-        self._stream.buffers = buffers
-        self._stream.shared = True
+        released = add_noise(total, noise, self.noise_multiplier)
+        return released, dataclasses.replace(state, round=round_idx + 1)
 
     def row_keys(self, rounds: int) -> list[tuple[int, ...]]:
         """The NOISE-stream keys of the rows of `matrices(rounds)`'s C, in order: (t,)."""
@@ -294,18 +274,16 @@ class BltMechanism(Mechanism):
 
     def matrices(self, rounds: int) -> tuple[np.ndarray, np.ndarray]:
         """Dense (C, C^-1), both lower-triangular Toeplitz, n x n."""
-        theta, omega = self.parameters
-        inverse = blt_inverse_coefficients(theta, omega, rounds)
-        return toeplitz_lower(self.coefficients(rounds), rounds), toeplitz_lower(inverse, rounds)
+        factorisation = self._prepared()
+        inverse = blt_inverse_coefficients(*factorisation.arrays, rounds)
+        coeffs = factorisation.coefficients(rounds)
+        return toeplitz_lower(coeffs, rounds), toeplitz_lower(inverse, rounds)
 
     def sensitivity_squared(
         self, rounds: int, max_participations: int, min_separation: int
     ) -> float:
         """Max over (k, b) patterns of ||C sum_i e_i||^2, at participations 0, b, 2b, ..."""
-        from mechanisms.sensitivity import toeplitz_sensitivity_squared
-
+        coeffs = self._prepared().coefficients(rounds)
         return float(
-            toeplitz_sensitivity_squared(
-                self.coefficients(rounds), rounds, max_participations, min_separation
-            )
+            toeplitz_sensitivity_squared(coeffs, rounds, max_participations, min_separation)
         )

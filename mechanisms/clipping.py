@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.errors import require
+from common.errors import require
 
 
 def clip_update(delta: np.ndarray, clip_norm: float) -> tuple[np.ndarray, float]:
@@ -115,7 +115,7 @@ class AdaptiveClipping(Clipping):
 
     From "Differentially private learning with adaptive clipping". Each client reports
     b_i = 1[||delta_i|| <= C] - 1/2 with its update. The server releases the sum of the bits
-    with Gaussian noise of standard deviation `count_noise_multiplier` (sigma_b), estimates the
+    with Gaussian noise of standard deviation `count_noise_std` (sigma_b), estimates the
     unclipped fraction as that sum / cohort size + 1/2, and moves the clip norm geometrically
     towards the target quantile: C <- C exp(-learning_rate (fraction - quantile)).
 
@@ -130,20 +130,20 @@ class AdaptiveClipping(Clipping):
         initial_clip_norm: C of round 0.
         target_quantile: Fraction of updates to leave unclipped.
         learning_rate: Step size of the geometric update.
-        count_noise_multiplier: sigma_b, noise std of the bit sum.
+        count_noise_std: sigma_b, noise std of the bit sum.
     """
 
     initial_clip_norm: float = 0.1
     target_quantile: float = 0.5
     learning_rate: float = 0.2
-    count_noise_multiplier: float = 10.0
+    count_noise_std: float = 10.0
 
     def __post_init__(self) -> None:
         ok = math.isfinite(self.initial_clip_norm) and self.initial_clip_norm > 0
         require(ok, "initial_clip_norm", "must be finite and > 0")
         require(0 < self.target_quantile < 1, "target_quantile", "must be in (0, 1)")
         require(self.learning_rate > 0, "learning_rate", "must be > 0")
-        require(self.count_noise_multiplier > 0, "count_noise_multiplier", "must be > 0")
+        require(self.count_noise_std > 0, "count_noise_std", "must be > 0")
 
     @property
     def initial_norm(self) -> float | None:
@@ -152,8 +152,8 @@ class AdaptiveClipping(Clipping):
 
     @property
     def bit_noise_std(self) -> float | None:
-        """`count_noise_multiplier`."""
-        return self.count_noise_multiplier
+        """`count_noise_std`."""
+        return self.count_noise_std
 
     def value_noise_multiplier(self, noise_multiplier: float) -> float:
         """z_delta = (z^-2 - (2 sigma_b)^-2)^(-1/2).
@@ -161,11 +161,11 @@ class AdaptiveClipping(Clipping):
         Raises:
             ConfigError: when 2 sigma_b <= z, the bits alone would spend the whole budget.
         """
-        z, count = noise_multiplier, 2 * self.count_noise_multiplier
+        z, count = noise_multiplier, 2 * self.count_noise_std
         require(
             count > z,
-            "count_noise_multiplier",
-            f"2 x {self.count_noise_multiplier} must exceed the noise multiplier {z}",
+            "count_noise_std",
+            f"2 x {self.count_noise_std} must exceed the noise multiplier {z}",
         )
         return 1.0 / math.sqrt(z**-2 - count**-2)
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 
-from engine.errors import require
-from mechanisms.base import Mechanism
+from common.errors import require
+from mechanisms.base import Mechanism, NoiseState
+from mechanisms.participation import participations_that_fit
 
 
 @dataclass(frozen=True)
@@ -29,16 +29,15 @@ class NoNoise(Mechanism):
     def __post_init__(self) -> None:
         require(self.noise_multiplier == 0, "noise_multiplier", "must be 0: this adds no noise")
 
-    def privatize(self, total: torch.Tensor, round_idx: int) -> torch.Tensor:
-        """Identity."""
-        return total
+    def init_state(self, dim: int) -> NoiseState:
+        """A state that never changes: no noise, no seed."""
+        return NoiseState(0, dim, 0)
 
-    def state_dict(self) -> dict[str, Any]:
-        """Stateless."""
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Nothing to restore."""
+    def privatize(
+        self, total: torch.Tensor, round_idx: int, state: NoiseState
+    ) -> tuple[torch.Tensor, NoiseState]:
+        """Identity, any round, and the state as it was."""
+        return total, state
 
     def matrices(self, rounds: int) -> tuple[np.ndarray, np.ndarray]:
         """C = C_inv = I (scaled by a zero noise multiplier)."""
@@ -48,4 +47,4 @@ class NoNoise(Mechanism):
         self, rounds: int, max_participations: int, min_separation: int
     ) -> float:
         """As for C = I: the number of participations that fit."""
-        return float(min(max_participations, -(-rounds // min_separation)))
+        return float(participations_that_fit(rounds, min_separation, max_participations))

@@ -1,9 +1,10 @@
 """The private release of one round: from the sum of clipped updates to the noisy mean.
 
-One function of the round's sum, its clipping bits, the mechanism, the clipping rule and the
-public denominator, with no state of its own (the mechanism keeps its noise stream's): the
-parameter server reduces the workers' partials, calls `private_mean`, and steps its strategy
-with the result. Nothing else of the clients' data reaches the update.
+One function of the round's sum, its clipping bits, the mechanism and its noise state, the
+clipping rule and the public denominator, with no state of its own: the parameter server
+reduces the workers' partials, calls `private_mean` with the noise state it holds, keeps the
+next one, and steps its strategy with the mean. Nothing else of the clients' data reaches the
+update.
 """
 
 from __future__ import annotations
@@ -12,8 +13,13 @@ from dataclasses import dataclass
 
 import torch
 
-from mechanisms.base import Mechanism
+from mechanisms.base import Mechanism, NoiseState
 from mechanisms.clipping import Clipping
+
+
+def released_size(dim: int, clipping: Clipping) -> int:
+    """The coordinates the mechanism privatizes each round: d, and one for clipping bits."""
+    return dim if clipping.bit_noise_std is None else dim + 1
 
 
 @dataclass(frozen=True)
@@ -46,16 +52,18 @@ def private_mean(
     bit_sum: float,
     round_idx: int,
     mechanism: Mechanism,
+    state: NoiseState,
     clipping: Clipping,
     clip_norm: float,
     denominator: int,
-) -> PrivateMean:
+) -> tuple[PrivateMean, NoiseState]:
     """Privatizes the clipped sum (and the clipping bits) and divides by the public denominator.
 
     The mechanism sees the whole sum (every coordinate, touched by a client or not), in units of
-    the clip norm. With adaptive clipping the bit sum rides along as one more coordinate, scaled
-    so that its noise has standard deviation `count_noise_multiplier`, and everything is scaled
-    by z / z_delta so that the updates get noise multiplier z_delta.
+    the clip norm: `released_size(d, clipping)` coordinates. With adaptive clipping the bit sum
+    rides along as one more coordinate, scaled so that its noise has standard deviation
+    `count_noise_std`, and everything is scaled by z / z_delta so that the updates get noise
+    multiplier z_delta.
 
     Guarantees:
         Every client's update has L2 norm <= `clip_norm` and its bit is +-1/2, so the released
@@ -71,9 +79,13 @@ def private_mean(
         bit_sum: The sum of the clients' clipping bits (1[unclipped] - 1/2).
         round_idx: The round (the mechanism privatizes rounds in order).
         mechanism: The noise; noise multiplier 0 releases the sum as it is.
+        state: The mechanism's noise state before this round (consumed, see `privatize`).
         clipping: The clip norm rule (and the bits' noise).
         clip_norm: The round's clip norm.
         denominator: The public denominator (the cohort size).
+
+    Returns:
+        The release, and the noise state after this round.
     """
     z = mechanism.noise_multiplier
     z_delta = clipping.value_noise_multiplier(z) if z > 0 else 1.0
@@ -83,10 +95,11 @@ def private_mean(
     if count_scale is not None:
         bits = torch.tensor([bit_sum * z_delta / count_scale * scale], device=total.device)
         values = torch.cat([values, bits])
-    released = mechanism.privatize(values, round_idx)
+    released, state = mechanism.privatize(values, round_idx, state)
     update = released[: len(total)].mul_(clip_norm / (scale * denominator))
     if count_scale is None:
-        return PrivateMean(update, clip_norm, clip_norm, None)
+        return PrivateMean(update, clip_norm, clip_norm, None), state
     noisy_bits = float(released[-1]) / scale * count_scale / z_delta
     unclipped = noisy_bits / denominator + 0.5
-    return PrivateMean(update, clip_norm, clipping.next_norm(clip_norm, unclipped), unclipped)
+    next_norm = clipping.next_norm(clip_norm, unclipped)
+    return PrivateMean(update, clip_norm, next_norm, unclipped), state

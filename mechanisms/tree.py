@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import math
+import dataclasses
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from engine.errors import require
-from mechanisms.base import Mechanism, NoiseSeed
-from mechanisms.gaussian import RoundCursor, add_noise, check_round, standard_normal
+from common.errors import require
+from mechanisms.base import NoiseState, NoisyMechanism, add_noise, standard_normal
+from mechanisms.tree_sensitivity import tree_sensitivity_squared
 
 
 def honaker_variances(levels: int) -> list[float]:
@@ -43,16 +42,8 @@ def _set_bits(count: int) -> list[int]:
     return [level for level in range(count.bit_length()) if count >> level & 1]
 
 
-class _TreeStream:
-    """The next round, d, and the noise of each node of the current decomposition, by level."""
-
-    def __init__(self) -> None:
-        self.cursor = RoundCursor()
-        self.buffers: dict[int, torch.Tensor] = {}
-
-
 @dataclass(frozen=True)
-class TreeMechanism(Mechanism):
+class TreeMechanism(NoisyMechanism):
     """DP-FTRL's tree aggregation: prefix-sum noise of variance ~ sigma^2 log2(t), not sigma^2 t.
 
     Kairouz et al. 2021, "Practical and Private (Deep) Learning without Sampling or Shuffling".
@@ -82,7 +73,8 @@ class TreeMechanism(Mechanism):
         updates (Kairouz et al. 2021; Denisov et al. 2022). With user-level replace-with-zero
         adjacency, updates of L2 norm <= 1 (in clip norms), and at most k participations any
         two >= b rounds apart, the release is rho-zCDP with rho = sensitivity_squared(n, k, b)
-        / (2 sigma^2), the same for both estimators (they decode the same C).
+        / (2 sigma^2), the same for both estimators (they decode the same C). A state records
+        the tree (restarts, estimator) its buffers belong to, and no other tree continues it.
         Assumes secret noise: seeded noise (the default) is known to whoever knows the seed;
         `noise_seed="secret"` draws it from the OS (`mechanisms.base.NoiseSeed`).
 
@@ -91,9 +83,10 @@ class TreeMechanism(Mechanism):
         most floor(log2(T + 1)) for T rounds (T = R with restarts, and none after a segment's
         last round). While privatizing, at most two more: the new node, and either the output
         (which reuses the vector of a node that leaves the decomposition when one does, i.e.
-        when t' is odd) or, with `efficient`, a scratch draw. The state is these vectors and
-        the next round index. Each round draws one d-vector (naive) or top level + 1 (efficient,
-        2 on average): every node of the tree once.
+        when t' is odd) or, with `efficient`, a scratch draw. The state holds these vectors,
+        by level (buffer "2" is the node of level 2), and the next round index. Each round
+        draws one d-vector (naive) or top level + 1 (efficient, 2 on average): every node of
+        the tree once.
 
     Attributes:
         noise_multiplier: sigma, the noise standard deviation in units of the clip norm (> 0).
@@ -104,20 +97,17 @@ class TreeMechanism(Mechanism):
         efficient: Use Honaker's bottom-up estimator instead of the plain node sums.
     """
 
-    noise_multiplier: float = 1.0
-    seed: int = 0
     restart_every: int | None = None
     efficient: bool = False
-    noise_seed: str = "seeded"
-    _stream: _TreeStream = field(default_factory=_TreeStream, init=False, repr=False, compare=False)
-    _noise: NoiseSeed = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        sigma = self.noise_multiplier
-        require(math.isfinite(sigma) and sigma > 0, "noise_multiplier", f"must be > 0, got {sigma}")
-        object.__setattr__(self, "_noise", NoiseSeed(self.seed, self.noise_seed))
+        super().__post_init__()
         every = self.restart_every
         require(every is None or every >= 1, "restart_every", f"must be >= 1, got {every}")
+
+    def _factorisation_digest(self) -> str:
+        """The tree the stored node noises belong to: its restarts and its estimator."""
+        return f"tree-restart{self.restart_every}-{'honaker' if self.efficient else 'plain'}"
 
     def _locate(self, round_idx: int) -> tuple[tuple[int, ...], int]:
         """(the key prefix of the round's tree, the round's index within it)."""
@@ -126,29 +116,35 @@ class TreeMechanism(Mechanism):
         segment, local = divmod(round_idx, self.restart_every)
         return (segment,), local
 
-    def privatize(self, total: torch.Tensor, round_idx: int) -> torch.Tensor:
+    def privatize(
+        self, total: torch.Tensor, round_idx: int, state: NoiseState
+    ) -> tuple[torch.Tensor, NoiseState]:
         """Returns x_t + sigma (e_t - e_{t-1}), streaming the nodes that complete at round t.
 
         The nodes of levels 0..v complete at round t (v = trailing zeros of t'+1); the prefix
         decomposition drops its nodes of levels 0..v-1 (stored) and gains the one of level v.
 
         Raises:
-            ValueError: If `round_idx` is not the next round, or the dimension changed.
+            ValueError: If `state` cannot privatize round `round_idx` (see `_check`), or its
+                buffers are not the nodes of the round's decomposition.
         """
-        stream = self._stream
-        dim = check_round(stream.cursor, total, round_idx)
+        self._check(total, round_idx, state)
         prefix, local = self._locate(round_idx)
-        if local == 0:
-            stream.buffers.clear()
+        expected = [str(level) for level in _set_bits(local)]
+        if sorted(state.buffers) != sorted(expected):
+            raise ValueError(
+                f"round {round_idx} needs buffers of levels {expected}, got {sorted(state.buffers)}"
+            )
+        buffers = dict(state.buffers)
         top, count = _top_level(local), local + 1
 
         def draw(level: int, out: torch.Tensor | None = None) -> torch.Tensor:
             return standard_normal(
-                dim, self._noise.value, *prefix, level, (count >> level) - 1, out=out
+                state.dim, state.seed, *prefix, level, (count >> level) - 1, out=out
             )
 
         # The nodes of levels < top leave the decomposition: the left children of the new node.
-        leaving = [stream.buffers.pop(level) for level in range(top)]
+        leaving = [buffers.pop(str(level)) for level in range(top)]
         if self.efficient:
             weights = honaker_variances(top + 1)
             node = draw(0)
@@ -157,57 +153,16 @@ class TreeMechanism(Mechanism):
                 node.add_(leaving[level - 1]).lerp_(draw(level, scratch), weights[level])
         else:
             node = draw(top)
-        stream.buffers[top] = node
+        buffers[str(top)] = node
         if self.restart_every is not None and count == self.restart_every:
-            stream.buffers.clear()
-        stream.cursor.round += 1
+            buffers.clear()
+        after = dataclasses.replace(state, round=round_idx + 1, buffers=buffers)
         if not leaving:
-            return add_noise(total, node, self.noise_multiplier)
+            return add_noise(total, node, self.noise_multiplier), after
         noise = torch.sub(node, leaving[0], out=leaving[0])
         for buffer in leaving[1:]:
             noise.sub_(buffer)
-        return add_noise(total, noise, self.noise_multiplier, reuse=True)
-
-    def state_dict(self) -> dict[str, Any]:
-        """The next round and copies of the stored node noises, by level."""
-        return {
-            "round": self._stream.cursor.round,
-            "seed": self._noise.value,
-            "restart_every": self.restart_every,
-            "efficient": self.efficient,
-            "buffers": {str(lv): t.clone() for lv, t in sorted(self._stream.buffers.items())},
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continues after the rounds that `state` had privatized.
-
-        Raises:
-            ValueError: If the state is of another configuration, or its buffers do not match
-                its round.
-        """
-        for key in ("restart_every", "efficient"):
-            if state[key] != getattr(self, key):
-                raise ValueError(
-                    f"state has {key}={state[key]}, this mechanism {getattr(self, key)}"
-                )
-        self._noise.restore(state["seed"])
-        round_idx = int(state["round"])
-        buffers = {
-            int(level): t.detach().to("cpu", torch.float32).clone()
-            for level, t in state["buffers"].items()
-        }
-        _, local = self._locate(round_idx)
-        expected = _set_bits(local)
-        if sorted(buffers) != expected:
-            raise ValueError(
-                f"round {round_idx} needs buffers of levels {expected}, got {sorted(buffers)}"
-            )
-        dims = {t.numel() for t in buffers.values()}
-        if len(dims) > 1:
-            raise ValueError(f"buffers of different sizes {sorted(dims)}")
-        self._stream.buffers = buffers
-        self._stream.cursor.round = round_idx
-        self._stream.cursor.dim = dims.pop() if dims else None
+        return add_noise(total, noise, self.noise_multiplier, reuse=True), after
 
     def _nodes(self, rounds: int) -> Iterator[tuple[int, int, int]]:
         """(segment, level, index) of the nodes in the order they complete, lower levels first."""
@@ -260,8 +215,6 @@ class TreeMechanism(Mechanism):
         self, rounds: int, max_participations: int, min_separation: int
     ) -> float:
         """Max over (k, b) participation patterns of ||C sum_i e_i||^2, for the tree's C."""
-        from mechanisms.sensitivity import tree_sensitivity_squared
-
         return float(
             tree_sensitivity_squared(rounds, max_participations, min_separation, self.restart_every)
         )

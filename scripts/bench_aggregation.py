@@ -55,11 +55,9 @@ from engine.aggregation import (
     SparsePartial,
 )
 from engine.aggregation.base import span_size
-from engine.chunks import split_chunks
-from engine.client import ClientUpdate
-from engine.models import MoETransformerLM, NextWordLM
-from engine.models.layout import ParameterLayout, Span
-from engine.settings import Cluster
+from engine.plan import Cluster
+from engine.runtime.chunks import split_chunks
+from engine.training import ClientUpdate, MoETransformerLM, NextWordLM, ParameterLayout, Span
 
 TARGET_RATIO = 20.0
 TARGET_VOCAB = 100_000

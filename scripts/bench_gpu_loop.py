@@ -2,8 +2,8 @@
 
 The baseline is what a user would write by hand: for each client, load the round's weights
 into an `nn.Module`, run `torch.optim.SGD` over the client's batches, and read back the
-change. fedray's per-client loop (`engine.client.train_client`) and its vectorised path
-(`engine.vectorised.train_clients`) train the same clients (FEMNIST-like writers, the CNN,
+change. fedray's per-client loop (`engine.training.client.train_client`) and its vectorised path
+(`engine.training.vectorised.train_clients`) train the same clients (FEMNIST-like writers, the CNN,
 FedAvg defaults) on the same device, in this process and without Ray, so the ratios
 compare training paths only. `scripts/gpu_check.sh` runs it on a GPU; it also runs on a CPU.
 
@@ -26,11 +26,15 @@ import torch
 from torch.nn import functional as F  # noqa: N812
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
-from engine.client import LocalTraining, train_client
-from engine.datasets import FemnistLikePopulation
-from engine.models import CNN, flatten, init_parameters
-from engine.population import ClientData
-from engine.vectorised import train_clients
+from engine.population import ClientData, FemnistLikePopulation
+from engine.training import (
+    CNN,
+    LocalTraining,
+    flatten,
+    init_parameters,
+    train_client,
+    train_clients,
+)
 
 
 def torch_loop(

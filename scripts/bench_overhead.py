@@ -43,21 +43,20 @@ import psutil
 import ray
 
 from engine.aggregation import DenseAggregator
-from engine.availability import AlwaysAvailable
-from engine.backends import server_args
-from engine.chunks import plan_chunks
-from engine.client import LocalTraining
-from engine.clock import RoundClock
-from engine.devices import LognormalDevices
-from engine.experiment import Experiment
-from engine.models import LogisticRegression
-from engine.participation import UniformParticipation
-from engine.population import SyntheticPopulation
-from engine.runner import peak_rss_mib, sha256_of, start_ray
-from engine.server import ParameterServer
-from engine.settings import Cluster, Evaluation, Privacy
-from engine.simulation import Simulation, initial_weights, make_scheduler
-from engine.workers import ClientWorker
+from engine.app.runner import peak_rss_mib, sha256_of, start_ray
+from engine.plan import Cluster, Evaluation, Experiment, Privacy
+from engine.population import AlwaysAvailable, LognormalDevices, SyntheticPopulation
+from engine.runtime import (
+    ClientWorker,
+    ParameterServer,
+    Simulation,
+    initial_weights,
+    make_scheduler,
+)
+from engine.runtime.backends import server_args
+from engine.runtime.chunks import split_chunks
+from engine.scheduling import RoundClock, UniformParticipation
+from engine.training import LocalTraining, LogisticRegression
 from mechanisms.clipping import NoClipping
 from mechanisms.noiseless import NoNoise
 from strategies.fedavg import FedAvg
@@ -108,7 +107,7 @@ def build_experiment(
 
 
 class RoundRunner(Protocol):
-    """Anything that runs rounds: the floor or `engine.simulation.Simulation`."""
+    """Anything that runs rounds: the floor or `engine.runtime.Simulation`."""
 
     def run_round(self, round_idx: int) -> Any:
         """Runs round `round_idx` to completion."""
@@ -137,15 +136,21 @@ class Floor:
         )
         initial = initial_weights(exp)
         self._scheduler = make_scheduler(exp, self.registry, initial.nbytes)
+        self._now_s = self._scheduler.start_s
         self._server = ParameterServer(*server_args(exp, initial))
         self._weights = self._server.weights()
 
     def run_round(self, round_idx: int) -> None:
         """Selects, trains and sums the cohort of round `round_idx`, then steps the strategy."""
-        plan = self._scheduler.plan(round_idx)
-        partials = self._worker.train(self._weights, round_idx, plan_chunks(self._exp, plan.cohort))
+        plan = self._scheduler.plan(round_idx, self._now_s)
+        partials = self._worker.train(
+            self._weights,
+            round_idx,
+            split_chunks(plan.cohort, self._exp.cluster.chunk_size_for(len(plan.cohort))),
+        )
         self._weights, _ = self._server.apply(round_idx, partials)
         self._scheduler.commit(plan)
+        self._now_s = plan.end_s
 
     def weights(self) -> np.ndarray:
         """The current weights."""

@@ -4,7 +4,7 @@ Every system trains the same FedAvg workload: fedray's own population (same seed
 clients and held-out clients) and model (same initial weights), the same local SGD (epochs,
 batch size, learning rate), cohort and rounds; each evaluates its final model on the same
 held-out clients (fedray's round deadline is lifted, so that, like the peers, it waits for the
-whole cohort). fedray runs first, through its CLI (`python -m engine.run`), and the cohorts it
+whole cohort). fedray runs first, through its CLI (`python -m engine.app.run`), and the cohorts it
 trained (its participation log) are handed to the peers, which train exactly those clients in
 each round, shuffling each client's examples with fedray's own stream of that client and round:
 every system runs the same computation, and the final accuracies agree up to float rounding.

@@ -37,11 +37,9 @@ from typing import Any
 import numpy as np
 import psutil
 
-from engine.availability import Availability, DiurnalAvailability
-from engine.ledger import ParticipationLedger
-from engine.participation import CyclicParticipation, UniformParticipation
-from engine.population import SyntheticPopulation
-from engine.rng import Stream, generator
+from common.rng import Stream, generator
+from engine.population import Availability, DiurnalAvailability, SyntheticPopulation
+from engine.scheduling import CyclicParticipation, ParticipationLedger, UniformParticipation
 
 TARGET_BYTES_PER_CLIENT = 64
 TARGET_MS = 100.0
@@ -122,7 +120,7 @@ def time_rounds(
     Round r starts at `start_h` hours + (r - warmup) * `round_s` seconds: the first timed round
     at `start_h`, the warm-up before it.
 
-    A round is the driver's availability -> selection -> commit, as `engine.schedule` runs it
+    A round is the driver's availability -> selection -> commit, as `engine.scheduling` runs it
     (every selected client commits: no dropouts).
     """
     num_clients = availability.num_clients

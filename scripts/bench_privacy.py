@@ -4,15 +4,15 @@ Every case runs in its own fresh subprocess (clean memory figures, cold caches o
 
 - `tree_sensitivity`: the time of `tree_sensitivity_squared(n, k, b)`, once, and its value;
 - `optimise`: the time to optimise banded_mf (bands = min(b, n)) and a BLT of `--buffers`
-  buffers with an empty cache (a fresh temporary `FEDRAY_CACHE_DIR` each); the strategy's mean
-  squared prefix-sum error per coordinate at sigma = 1, its sens^2, and their product (the
+  buffers with an empty cache (a fresh temporary `FEDRAY_CACHE_DIR` each); the factorisation's
+  mean squared prefix-sum error per coordinate at sigma = 1, its sens^2, and their product (the
   error at equal rho, which BLT minimises; banded minimises the error, with sens^2 = k);
 - `noise_round`: per mechanism and dimension d, privatize on one torch thread: wall time per
   round (mean, p50, p90 after `--warmup` rounds), CPU time, the ratio to gaussian at the same d;
-  memory in bytes and in d-vectors (bytes / 4d): the state (tensor bytes of `state_dict()` after
-  the rounds), RSS growth (raw, and after `malloc_trim` hands back freed heap; both from a
-  trimmed start) and peak RSS growth (VmHWM). Strategies come from the cache that `optimise`
-  filled; reading it is `strategy_s`.
+  memory in bytes and in d-vectors (bytes / 4d): the state (tensor bytes of the `NoiseState`
+  after the rounds), RSS growth (raw, and after `malloc_trim` hands back freed heap; both from a
+  trimmed start) and peak RSS growth (VmHWM). Factorisations come from the cache that
+  `optimise` filled; preparing the mechanism with it is `factorisation_s`.
 
 Usage:
     python scripts/bench_privacy.py [--dims 1000000 10000000] [--rounds 20] [--warmup 2]
@@ -47,7 +47,7 @@ MECHANISMS = ("gaussian", "tree", "tree_efficient", "banded_mf", "blt")
 
 
 def make_mechanism(name: str, args: argparse.Namespace) -> Mechanism:
-    """The mechanism called `name` (one of `MECHANISMS`), sigma = 1, with the bound of `args`."""
+    """The mechanism called `name` (one of `MECHANISMS`), sigma = 1, not yet prepared."""
     from mechanisms.banded import BandedMechanism
     from mechanisms.blt import BltMechanism
     from mechanisms.gaussian import GaussianMechanism
@@ -57,22 +57,25 @@ def make_mechanism(name: str, args: argparse.Namespace) -> Mechanism:
         return GaussianMechanism(seed=args.seed)
     if name in ("tree", "tree_efficient"):
         return TreeMechanism(seed=args.seed, efficient=name == "tree_efficient")
-    bound = (args.n, args.max_participations, args.min_separation)
     if name == "banded_mf":
-        return BandedMechanism(*bound, seed=args.seed)
-    return BltMechanism(*bound, seed=args.seed, buffers=args.buffers)
+        return BandedMechanism(seed=args.seed)
+    return BltMechanism(seed=args.seed, buffers=args.buffers)
 
 
-def resolve_strategy(mechanism: Mechanism) -> np.ndarray | None:
-    """Optimises (or reads from the cache) the strategy's C first column over n rounds, if any."""
+def prepare(mechanism: Mechanism, args: argparse.Namespace) -> Mechanism:
+    """`mechanism` prepared for the bound of `args` (its factorisation optimised, or read)."""
+    return mechanism.prepare(args.n, args.max_participations, args.min_separation)
+
+
+def first_column(mechanism: Mechanism, n: int) -> np.ndarray:
+    """The first column of a prepared banded or BLT mechanism's (Toeplitz) C over n rounds."""
     from mechanisms.banded import BandedMechanism
     from mechanisms.blt import BltMechanism
 
     if isinstance(mechanism, BandedMechanism):
         return mechanism.coefficients
-    if isinstance(mechanism, BltMechanism):
-        return mechanism.coefficients(mechanism.rounds)
-    return None
+    assert isinstance(mechanism, BltMechanism) and mechanism.factorisation is not None
+    return mechanism.factorisation.coefficients(n)
 
 
 def tensor_bytes(obj: Any) -> int:
@@ -119,27 +122,29 @@ def _line(metric: str, args: argparse.Namespace, **fields: Any) -> dict[str, Any
 def noise_case(args: argparse.Namespace, name: str, dim: int) -> dict[str, Any]:
     """Times `--warmup` + `--rounds` rounds of privatize at dimension `dim` and measures memory.
 
-    A throwaway mechanism first runs the same rounds at d = 16, so that the pages of library
-    code and the allocator's small pools that the first rounds touch are not counted.
+    A throwaway stream first runs the same rounds at d = 16, so that the pages of library code
+    and the allocator's small pools that the first rounds touch are not counted; the measured
+    stream's state is started after the memory baseline, so its buffers count.
     """
     import torch
 
     torch.set_num_threads(1)
-    mechanism, spare = make_mechanism(name, args), make_mechanism(name, args)
     start = time.perf_counter()
-    resolve_strategy(mechanism)
-    strategy_s = time.perf_counter() - start
+    mechanism = prepare(make_mechanism(name, args), args)
+    factorisation_s = time.perf_counter() - start
     rounds = range(args.warmup + args.rounds)
+    spare = mechanism.init_state(16)
     for r in rounds:
-        spare.privatize(torch.zeros(16), r)
+        _, spare = mechanism.privatize(torch.zeros(16), r, spare)
     total = torch.randn(dim, generator=torch.Generator().manual_seed(args.seed))
     gc.collect()
     rss_before = _rss(trim=True)
     _reset_peak()
+    state = mechanism.init_state(dim)
     wall, cpu = [], []
     for r in rounds:
         cpu_start, start = time.process_time(), time.perf_counter()
-        released = mechanism.privatize(total, r)
+        released, state = mechanism.privatize(total, r, state)
         done, cpu_done = time.perf_counter(), time.process_time()
         del released
         if r >= args.warmup:
@@ -148,13 +153,13 @@ def noise_case(args: argparse.Namespace, name: str, dim: int) -> dict[str, Any]:
     gc.collect()
     rss, peak = _rss() - rss_before, _peak() - rss_before
     trimmed = _rss(trim=True) - rss_before
-    state, vector = tensor_bytes(mechanism.state_dict()), 4 * dim
+    state_bytes, vector = tensor_bytes(state.as_dict()), 4 * dim
     return _line(
         "noise_round", args, mechanism=name, dim=dim, rounds=args.rounds, warmup=args.warmup,
         buffers=args.buffers, torch_threads=torch.get_num_threads(),
         round_ms_mean=_ms(wall), round_ms_p50=_ms(wall, 50), round_ms_p90=_ms(wall, 90),
-        round_cpu_ms_mean=_ms(cpu), strategy_s=round(strategy_s, 4),
-        state_bytes=state, state_d=round(state / vector, 3),
+        round_cpu_ms_mean=_ms(cpu), factorisation_s=round(factorisation_s, 4),
+        state_bytes=state_bytes, state_d=round(state_bytes / vector, 3),
         rss_growth_bytes=rss, rss_growth_d=round(rss / vector, 3),
         rss_growth_trimmed_d=round(trimmed / vector, 3), peak_rss_growth_d=round(peak / vector, 3),
     )  # fmt: skip
@@ -162,7 +167,7 @@ def noise_case(args: argparse.Namespace, name: str, dim: int) -> dict[str, Any]:
 
 def sensitivity_case(args: argparse.Namespace) -> dict[str, Any]:
     """Times one call of `tree_sensitivity_squared(n, k, b)`."""
-    from mechanisms.sensitivity import tree_sensitivity_squared
+    from mechanisms.tree_sensitivity import tree_sensitivity_squared
 
     cpu_start, start = time.process_time(), time.perf_counter()
     value = tree_sensitivity_squared(args.n, args.max_participations, args.min_separation)
@@ -173,16 +178,15 @@ def sensitivity_case(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def optimise_case(args: argparse.Namespace, name: str) -> dict[str, Any]:
-    """Times the optimisation of `name`'s strategy (the cache in `FEDRAY_CACHE_DIR` is empty)."""
-    from mechanisms.banded import prefix_error
+    """Times the optimisation of `name`'s factorisation (`FEDRAY_CACHE_DIR` is empty)."""
+    from mechanisms.toeplitz import prefix_error
 
-    mechanism = make_mechanism(name, args)
+    unprepared = make_mechanism(name, args)
     cpu_start, start = time.process_time(), time.perf_counter()
-    coeffs = resolve_strategy(mechanism)
+    mechanism = prepare(unprepared, args)
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
-    assert coeffs is not None
     n, k, b = args.n, args.max_participations, args.min_separation
-    error = prefix_error(np.asarray(coeffs), n)[0] / n
+    error = prefix_error(first_column(mechanism, n), n)[0] / n
     sens = mechanism.sensitivity_squared(n, k, b)
     size = {"bands": min(b, n)} if name == "banded_mf" else {"buffers": args.buffers}
     return _line(

@@ -5,7 +5,7 @@ For each model it prints two measurements:
 - ``step``: one local SGD step at batch 1, 10 and 20 examples. The slope between batch 10 and
   20 is the per-example arithmetic; what a batch-10 step costs beyond 10 times that slope is
   fixed per step (Python, autograd, optimiser). A model whose step is mostly fixed cost gains
-  from batching clients (`engine.vectorised`); one whose step is all arithmetic does not.
+  from batching clients (`engine.training.vectorised`); one whose step is all arithmetic does not.
 - ``clients``: local training of the same clients (the model's benchmark population, FedAvg
   defaults) on the per-client loop and on the vectorised path, and the speed-up of the latter.
 
@@ -26,11 +26,17 @@ import numpy as np
 import torch
 from torch.nn import functional as F  # noqa: N812
 
-from engine.client import LocalTraining, train_client
-from engine.datasets import FemnistLikePopulation
-from engine.models import CNN, MLP, LogisticRegression, flatten, init_parameters
-from engine.population import Population, SyntheticPopulation
-from engine.vectorised import train_clients
+from engine.population import FemnistLikePopulation, Population, SyntheticPopulation
+from engine.training import (
+    CNN,
+    MLP,
+    LocalTraining,
+    LogisticRegression,
+    flatten,
+    init_parameters,
+    train_client,
+    train_clients,
+)
 
 STEPS = 50  # steps per timing, so that a timing of the smallest model is a few ms
 

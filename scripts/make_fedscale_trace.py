@@ -1,4 +1,4 @@
-"""Generates the small FedScale-style traces shipped in ``engine/traces_data/``, from a seed.
+"""Generates the small FedScale-style traces shipped in ``engine/population/traces_data/``.
 
 Writes, as JSON (one client per line):
 

@@ -3,11 +3,12 @@
 Prints one JSON object per mechanism: the sensitivity under (k, b), rho-zCDP, epsilon(delta) by
 the RDP and the PLD accountants, and the expected prefix-sum error (standard deviation, in units
 of the clip norm; max and mean over rounds). With --target-epsilon instead of
---noise-multiplier, the noise multiplier that meets the target is found (bisection on rho) and
-printed too. With --compare, every mechanism is reported at the same rho, so their errors
-compare directly.
+--noise-multiplier, the noise multiplier that meets the target is found (from dp-accounting's
+exact Gaussian calibration) and printed too. With --compare, every mechanism is reported at the
+same rho, so their errors compare directly.
 
-Mechanisms are built from the Hydra config group `mechanism/`, exactly as a run builds them.
+Mechanisms are built from the Hydra config group `mechanism/` and prepared for (n, k, b),
+exactly as a run builds them.
 
 Example:
     python scripts/privacy_report.py --mechanism tree --noise-multiplier 7 --rounds 2000 \
@@ -27,12 +28,12 @@ from typing import Any
 import numpy as np
 from hydra import compose, initialize_config_dir
 
-from engine.config import register_configs
-from engine.experiment import build_mechanism
-from engine.participation import ParticipationBound
-from engine.run import CONFIG_DIR
-from mechanisms.accounting import noise_for_epsilon, privacy_cost, resolved_participations
+from engine.app.build import build_mechanism
+from engine.app.config import register_configs
+from engine.app.run import CONFIG_DIR
+from mechanisms.accounting import noise_for_epsilon, privacy_cost
 from mechanisms.base import Mechanism
+from mechanisms.participation import ParticipationBound
 
 MECHANISMS = ("gaussian", "tree", "banded_mf", "blt")
 
@@ -40,7 +41,7 @@ MECHANISMS = ("gaussian", "tree", "banded_mf", "blt")
 def make_mechanism(
     name: str, rounds: int, bound: ParticipationBound, overrides: Sequence[str] = ()
 ) -> Mechanism:
-    """The mechanism of config option `mechanism=<name>`, built for this (n, k, b)."""
+    """The mechanism of config option `mechanism=<name>`, prepared for this (n, k, b)."""
     register_configs()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(config_name="config", overrides=[f"mechanism={name}", *overrides])
@@ -103,7 +104,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.rounds < 1 or args.min_separation < 1:
         parser.error("--rounds and --min-separation must be >= 1")
     bound = ParticipationBound(args.max_participations, args.min_separation)
-    args.max_participations = resolved_participations(bound, args.rounds)
+    args.max_participations = bound.resolved(args.rounds)
     args.bound = bound
     return args
 

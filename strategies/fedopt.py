@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from engine.errors import require
+from common.errors import require
 from strategies.base import Strategy, StrategyState
 
 

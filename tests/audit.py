@@ -4,7 +4,7 @@ A private run is run four times with identical noise: on D, on D' where one clie
 replaced by zeros (and its example count changed), on D' where reading that client's data
 raises, and on D' where its update is non-finite. Everything the run writes (metrics.jsonl,
 summary.json, the participation log, the checkpoint's schedule, and what it hands wandb: logged
-rows, images, summary) is collected, and every key declared `PUBLIC` in `engine.metric_keys`
+rows, images, summary) is collected, and every key declared `PUBLIC` in `engine.app.metric_keys`
 must be identical across the four. The figures are compared by the arrays
 they are drawn from (`_plot_data`), which the PNGs are a deterministic function of.
 """
@@ -26,17 +26,15 @@ from typing import Any
 import numpy as np
 import pytest
 
-from engine.backends import LocalBackend
-from engine.checkpoint import load
-from engine.client import ClientUpdate
-from engine.experiment import Experiment, as_dict, build_experiment
-from engine.faults import Faults
-from engine.ledger import read_log
-from engine.metric_keys import Release, declared
+from engine.app.build import as_dict, build_experiment
+from engine.app.checkpoint import load
+from engine.app.metric_keys import Release, declared
+from engine.app.runner import run_experiment
+from engine.plan import Experiment, Tracking
 from engine.population import ClientData, ClientRegistry, Population
-from engine.runner import run_experiment
-from engine.settings import Tracking
-from engine.simulation import initial_weights, make_scheduler
+from engine.runtime import LocalBackend, initial_weights, make_scheduler
+from engine.scheduling import read_log
+from engine.training import ClientUpdate, Faults
 from tests.conftest import compose_config
 
 
@@ -148,14 +146,14 @@ def _plot_data(*arrays: Any) -> Path:
 @pytest.fixture(scope="module")
 def audit_env() -> Iterator[RecordingWandb]:
     """A recording wandb, figures as their data, and each (rho, delta) accounted once."""
-    import engine.runner
+    import engine.app.runner
     import mechanisms.accounting
 
     recorder = RecordingWandb()
     with pytest.MonkeyPatch.context() as patch:
         patch.setitem(sys.modules, "wandb", recorder)
-        patch.setattr(engine.runner, "participation_histogram", _plot_data)
-        patch.setattr(engine.runner, "availability_over_time", _plot_data)
+        patch.setattr(engine.app.runner, "participation_histogram", _plot_data)
+        patch.setattr(engine.app.runner, "availability_over_time", _plot_data)
         cached = functools.cache(mechanisms.accounting.epsilons)
         patch.setattr(mechanisms.accounting, "epsilons", cached)
         yield recorder
@@ -165,7 +163,7 @@ def first_client(experiment: Experiment) -> int:
     """A client of round 0's cohort (the schedule is public, so it is the same on D')."""
     registry = experiment.population.registry()
     scheduler = make_scheduler(experiment, registry, initial_weights(experiment).nbytes)
-    return int(scheduler.plan(0).cohort[0])
+    return int(scheduler.plan(0, scheduler.start_s).cohort[0])
 
 
 def neighbours(experiment: Experiment) -> dict[str, Experiment]:

@@ -28,8 +28,8 @@ import numpy as np
 import ray
 from ray.cluster_utils import Cluster
 
-from engine.runner import start_ray
-from engine.simulation import Simulation
+from engine.app.runner import start_ray
+from engine.runtime import Simulation
 from tests.conftest import smoke_experiment
 
 HEAD_CPUS = 1

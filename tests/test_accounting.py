@@ -8,20 +8,25 @@ import dp_accounting
 import pytest
 from dp_accounting.pld import pld_privacy_accountant
 from dp_accounting.rdp import rdp_privacy_accountant
+from scipy.optimize import brentq
+from scipy.special import log_ndtr, ndtr
 
-from engine.ledger import ObservedParticipation
-from engine.participation import ParticipationBound
+from common.errors import ConfigError
+from mechanisms import NoNoise
 from mechanisms.accounting import (
     RunAccountant,
     epsilons,
-    gaussian_epsilon,
     noise_for_epsilon,
     observed_bound,
     planned,
     privacy_cost,
-    resolved_participations,
 )
 from mechanisms.gaussian import GaussianMechanism
+from mechanisms.participation import (
+    ObservedParticipation,
+    ParticipationBound,
+    participations_that_fit,
+)
 from mechanisms.tree import TreeMechanism
 
 
@@ -60,7 +65,14 @@ def test_gaussian_rho_is_k_over_two_sigma_squared():
     ("k", "b", "rounds", "expected"), [(None, 1, 10, 10), (None, 4, 10, 3), (2, 4, 10, 2)]
 )
 def test_resolved_participations(k, b, rounds, expected):
-    assert resolved_participations(ParticipationBound(k, b), rounds) == expected
+    assert ParticipationBound(k, b).resolved(rounds) == expected
+    assert participations_that_fit(rounds, b, k) == expected
+
+
+def test_participations_that_fit_refuses_a_bad_bound():
+    assert participations_that_fit(0, 3) == 0
+    with pytest.raises(ValueError):
+        participations_that_fit(10, 0)
 
 
 @pytest.mark.parametrize("target", [0.5, 2.0, 8.0])
@@ -69,6 +81,39 @@ def test_noise_for_epsilon_meets_the_target_tightly(target):
     sigma = noise_for_epsilon(sens_sq, target, delta)
     assert min(epsilons(sens_sq / (2 * sigma**2), delta)) <= target
     assert min(epsilons(sens_sq / (2 * (0.99 * sigma) ** 2), delta)) > target
+    # It starts from the exact calibration, which the accountants' epsilons never undercut.
+    assert sigma >= math.sqrt(sens_sq) * dp_accounting.get_sigma_gaussian(target, delta)
+
+
+def test_no_noise_has_no_privacy_cost():
+    with pytest.raises(ConfigError, match=r"mechanism\.noise_multiplier"):
+        privacy_cost(NoNoise(), 10, 1, 1, 1e-6)
+
+
+def _balle_wang_epsilon(rho: float, delta: float) -> float:
+    """The exact epsilon(delta) of rho-zCDP Gaussian noise (mu-GDP, mu = sqrt(2 rho)).
+
+    Balle and Wang 2018: delta(eps) = Phi(mu/2 - eps/mu) - e^eps Phi(-mu/2 - eps/mu), solved
+    for eps; fedray's own copy before it used dp-accounting's.
+    """
+    mu = math.sqrt(2.0 * rho)
+
+    def excess(eps: float) -> float:
+        return float(ndtr(mu / 2 - eps / mu)) - math.exp(eps + log_ndtr(-mu / 2 - eps / mu)) - delta
+
+    if excess(0.0) <= 0:
+        return 0.0
+    high = 1.0
+    while excess(high) > 0:
+        high *= 2
+    return float(brentq(excess, 0.0, high, xtol=1e-12))
+
+
+@pytest.mark.parametrize("rho", [1e-4, 1e-3, 0.01, 0.03, 0.1, 0.37, 1.0, 3.0, 10.0, 50.0])
+@pytest.mark.parametrize("delta", [1e-3, 1e-6, 1e-8, 1e-10, 1e-12])
+def test_dp_accountings_gaussian_epsilon_is_the_exact_one(rho, delta):
+    exact = dp_accounting.get_epsilon_gaussian(1 / math.sqrt(2 * rho), delta)
+    assert abs(exact - _balle_wang_epsilon(rho, delta)) <= 1e-12
 
 
 @pytest.mark.parametrize("rho", [0.01, 0.7, 5.0])
@@ -76,7 +121,7 @@ def test_gaussian_epsilon_is_the_pld_limit(rho):
     # dp-accounting's PLD with a fine grid converges to the exact Gaussian curve from above.
     pld = pld_privacy_accountant.PLDAccountant(value_discretization_interval=2e-5)
     pld.compose(dp_accounting.GaussianDpEvent(1 / math.sqrt(2 * rho)))
-    exact = gaussian_epsilon(rho, 1e-8)
+    exact = dp_accounting.get_epsilon_gaussian(1 / math.sqrt(2 * rho), 1e-8)
     assert exact <= pld.get_epsilon(1e-8) * (1 + 1e-9)
     assert exact == pytest.approx(pld.get_epsilon(1e-8), rel=1e-3)
 

@@ -8,17 +8,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.aggregation import (
-    Aggregator,
-    DenseAggregator,
-    MoEAggregator,
-    Partial,
-    SparseAggregator,
-)
-from engine.client import ClientUpdate
-from engine.errors import ConfigError
-from engine.models.layout import ParameterLayout
-from engine.server import ParameterServer
+from common.errors import ConfigError
+from engine.aggregation import Aggregator, DenseAggregator, MoEAggregator, Partial, SparseAggregator
+from engine.runtime import ParameterServer
+from engine.training import ClientUpdate, ParameterLayout
 from mechanisms.clipping import NoClipping
 from mechanisms.noiseless import NoNoise
 from strategies import FedAvg

@@ -1,4 +1,4 @@
-"""engine/availability.py: who is reachable at simulated time t."""
+"""engine/population/availability.py: who is reachable at simulated time t."""
 
 from __future__ import annotations
 
@@ -10,15 +10,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.availability import (
+from common.errors import ConfigError
+from engine.population import (
     AlwaysAvailable,
     Availability,
     DiurnalAvailability,
+    FedScaleAvailability,
+    IntervalTraceAvailability,
     MarkovAvailability,
 )
-from engine.errors import ConfigError
-from engine.fedscale import FedScaleAvailability
-from engine.traces import IntervalTraceAvailability
 
 # Every Availability implementation, built small. Add new ones here.
 AVAILABILITIES: list[tuple[str, Callable[[int], Availability]]] = [

@@ -8,11 +8,10 @@ from typing import Any
 
 import pytest
 
-from engine.backends import LocalBackend
-from engine.experiment import as_dict, build_experiment
-from engine.runner import run_experiment
-from engine.settings import Tracking
-from engine.simulation import Simulation
+from engine.app.build import as_dict, build_experiment
+from engine.app.runner import run_experiment
+from engine.plan import Tracking
+from engine.runtime import LocalBackend, Simulation
 from tests.conftest import compose_config, smoke_experiment
 
 PRIVATE = ("experiment=smoke", "mechanism=blt", "clipping=adaptive", "strategy=fedadam")
@@ -45,7 +44,7 @@ def test_the_local_backend_releases_what_ray_releases(tmp_path):
 def test_a_local_call_raises_where_its_result_is_read():
     backend = LocalBackend()
     with Simulation(smoke_experiment("mechanism=gaussian"), backend=backend) as sim:
-        ref = sim._server.apply.remote(5, [])  # round 5 before round 0: the noise refuses
+        ref = sim.pool.server.apply.remote(5, [])  # round 5 before round 0: the noise refuses
         with pytest.raises(ValueError, match="in order"):
             backend.get(ref)
 

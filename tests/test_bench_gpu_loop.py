@@ -30,9 +30,8 @@ def test_prints_updates_per_second_of_each_path_against_the_torch_loop(capsys):
 
 def test_the_torch_loop_trains_as_plain_sgd_does():
     module = load_script(SCRIPT)
-    from engine.client import LocalTraining
-    from engine.models import CNN, flatten, init_parameters
     from engine.population import ClientData
+    from engine.training import CNN, LocalTraining, flatten, init_parameters
 
     model = CNN(784, 62)
     init_parameters(model, 0)

@@ -15,6 +15,8 @@ import torch
 
 from tests.scripts import load_script
 
+pytestmark = pytest.mark.slow  # runs the script in subprocesses
+
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_overhead.py"
 KEYS = {
     "bench",

@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 import torch
 
-from engine.client import LocalTraining, train_client
-from engine.ledger import ParticipationLedger
-from engine.rng import Stream, generator
+from common.rng import Stream, generator
+from engine.scheduling import ParticipationLedger
+from engine.training import LocalTraining, train_client
 from tests.scripts import load_script
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
@@ -152,8 +152,8 @@ def test_why_not(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_workload_spec_is_fedrays_config() -> None:
     spec = workload_spec(Case("logreg", 1000, 10, 3, seed=7))
-    assert spec["model_target"] == "engine.models.LogisticRegression"
-    assert spec["population_target"] == "engine.population.SyntheticPopulation"
+    assert spec["model_target"] == "engine.training.models.LogisticRegression"
+    assert spec["population_target"] == "engine.population.base.SyntheticPopulation"
     assert spec["population_kwargs"]["num_clients"] == 1000
     assert spec["population_kwargs"]["seed"] == 7
     assert spec["population_kwargs"]["num_features"] == 60
@@ -397,10 +397,11 @@ def test_peer_local_training_is_fedrays(peer_common: ModuleType) -> None:
 # --- the real CLI -----------------------------------------------------------------------------
 
 
-def test_fedray_only_tiny_run() -> None:
+def test_fedray_only_tiny_run(session_ray_address: str) -> None:
     argv = [sys.executable, str(SCRIPT), "--systems", "fedray", "--models", "logreg"]
     argv += ["--populations", "1000", "--cohorts", "10", "--rounds", "3", "--timeout", "110"]
-    env = {**os.environ, "WANDB_MODE": "disabled"}
+    # fedray's run joins the session's Ray (as RAY_ADDRESS tells `ray.init`): none to start.
+    env = {**os.environ, "WANDB_MODE": "disabled", "RAY_ADDRESS": session_ray_address}
     proc = subprocess.run(argv, stdout=subprocess.PIPE, text=True, timeout=120, env=env, check=True)
     lines = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith('{"bench"')]
     assert len(lines) == 1

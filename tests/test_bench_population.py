@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 
+pytestmark = pytest.mark.slow  # runs the script in subprocesses
+
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_population.py"
 MEMORY_KEYS = {
     "bench",

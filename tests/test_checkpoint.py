@@ -3,30 +3,30 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import pickle
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from engine.checkpoint import FILE_NAME, Checkpoint, differences, load, run_defining, save
-from engine.errors import ConfigError
-from engine.experiment import as_dict, build_experiment
-from engine.run import _checkpoint_to_resume, with_resume
-from engine.runner import RunStoppedError, run_experiment
-from engine.settings import CLUSTER_SPEED_ONLY, Cluster
-from engine.simulation import Simulation
-from tests.conftest import compose_config
+from common.errors import ConfigError
+from engine.app.build import as_dict
+from engine.app.checkpoint import FILE_NAME, Checkpoint, differences, load, run_defining, save
+from engine.app.run import checkpoint_to_resume, with_resume
+from engine.app.runner import RunStoppedError
+from engine.plan import CLUSTER_SPEED_ONLY, Cluster
+from engine.runtime import LocalBackend, Simulation
+from tests.conftest import compose_config, metrics_rows, run_composed
 
 SMOKE = ("experiment=smoke", "rounds=6", "checkpoint.every=2", "eval.every=2")
 # Everything with state: BLT's noise buffers, adaptive clipping's norm, FedAdam's moments, the
 # min-separation ledger and a diurnal clock.
 PRIVATE = (
     "mechanism=blt",
-    "mechanism.noise_multiplier=0.5",
+    "mechanism.noise_multiplier=2",  # epsilon's accounting takes seconds below 1
     "clipping=adaptive",
     "aggregation.weighting=uniform",
     "strategy=fedadam",
@@ -41,13 +41,10 @@ class Killed(BaseException):
     """Stands for the process being killed (not an Exception: nothing may catch it)."""
 
 
-def _run(out: Path, *overrides: str, resume: bool = False) -> dict[str, Any]:
-    cfg = compose_config(*SMOKE, *overrides)
-    experiment, tracking = build_experiment(cfg)
-    config = as_dict(cfg)
-    checkpoint = _checkpoint_to_resume(str(out), config) if resume else None
-    path = run_experiment(experiment, tracking, out, config, "sha", resume=checkpoint)
-    return json.loads(path.read_text())
+def _run(out: Path, *overrides: str, resume: bool = False, on_ray: bool = False) -> dict[str, Any]:
+    """A SMOKE run with `overrides`: in this process, or on the session's Ray if `on_ray`."""
+    backend = None if on_ray else LocalBackend()
+    return run_composed(out, *SMOKE, *overrides, backend=backend, resume=resume)
 
 
 def _kill_at(monkeypatch: pytest.MonkeyPatch, round_idx: int) -> None:
@@ -61,27 +58,40 @@ def _kill_at(monkeypatch: pytest.MonkeyPatch, round_idx: int) -> None:
     monkeypatch.setattr(Simulation, "run_round", run_round)
 
 
-def _rows(out: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., dict[str, Any]]:
+    """The summary of the uninterrupted run of some overrides (each run once, in this process)."""
+    summaries: dict[tuple[str, ...], dict[str, Any]] = {}
+
+    def summary(*overrides: str) -> dict[str, Any]:
+        if overrides not in summaries:
+            summaries[overrides] = _run(tmp_path_factory.mktemp("whole"), *overrides)
+        return summaries[overrides]
+
+    return summary
 
 
-@pytest.mark.usefixtures("ray_session")
 @pytest.mark.parametrize(
     ("overrides", "kill_at", "moved"),
     [((), 3, ()), (PRIVATE, 5, ()), (PRIVATE, 2, ()), (PRIVATE, 3, ("cluster.num_workers=1",))],
 )
-def test_a_killed_run_resumes_to_the_same_model(tmp_path, monkeypatch, overrides, kill_at, moved):
-    whole = _run(tmp_path / "whole", *overrides)
+def test_a_killed_run_resumes_to_the_same_model(
+    request, tmp_path, monkeypatch, uninterrupted, overrides, kill_at, moved
+):
+    # Moved: killed on the session's Ray with a worker per CPU, resumed there on one worker.
+    if moved:
+        request.getfixturevalue("ray_session")
+    whole = uninterrupted(*overrides)
     out = tmp_path / "killed"
     with monkeypatch.context() as patch:
         _kill_at(patch, kill_at)
         with pytest.raises(Killed):
-            _run(out, *overrides)
+            _run(out, *overrides, on_ray=bool(moved))
     checkpoint = load(out)
     assert checkpoint is not None and checkpoint.rounds_done == kill_at - kill_at % 2
-    resumed = _run(out, *overrides, *moved, resume=True)  # on fewer workers, when moved
+    resumed = _run(out, *overrides, *moved, resume=True, on_ray=bool(moved))
     assert resumed["model_sha256"] == whole["model_sha256"]
-    assert [row["round"] for row in _rows(out)] == list(range(6))  # no round lost or doubled
+    assert [row["round"] for row in metrics_rows(out)] == list(range(6))  # none lost or doubled
     for key in ("final/eval_loss", "participation/clients_seen", "system/sim_time_h"):
         if moved and key == "final/eval_loss":  # held-out clients are split over the workers
             assert resumed[key] == pytest.approx(whole[key], rel=1e-6), key
@@ -105,7 +115,7 @@ def test_server_death_stops_the_run_naming_the_last_checkpoint(tmp_path, monkeyp
 
     monkeypatch.setattr(Simulation, "run_round", run_round)
     with pytest.raises(RunStoppedError) as info:
-        _run(tmp_path)
+        _run(tmp_path, "cluster.num_workers=1", on_ray=True)  # one worker: fewer actors to start
     message = str(info.value)
     assert "parameter server died in round 3" in message
     assert f"{tmp_path / FILE_NAME}" in message and "after round 1" in message
@@ -163,12 +173,12 @@ def test_resume_of_a_different_config_names_the_keys(tmp_path):
     save(Checkpoint(2, run_defining(config), {}, {}, [], {}, {}), tmp_path)
     other = as_dict(compose_config(*SMOKE, "rounds=7", "training.lr=0.5"))
     with pytest.raises(ConfigError, match=r"different config \(rounds, training.lr differ\)"):
-        _checkpoint_to_resume(str(tmp_path), other)
+        checkpoint_to_resume(str(tmp_path), other)
     # Where it runs and where it logs may change.
     moved = as_dict(compose_config(*SMOKE, "cluster.num_workers=1", "tracking.mode=offline"))
-    assert _checkpoint_to_resume(str(tmp_path), moved) is not None
+    assert checkpoint_to_resume(str(tmp_path), moved) is not None
     with pytest.raises(ConfigError, match=rf"no {FILE_NAME}"):
-        _checkpoint_to_resume(str(tmp_path / "empty"), config)
+        checkpoint_to_resume(str(tmp_path / "empty"), config)
 
 
 def test_the_speed_only_cluster_settings_are_cluster_settings():
@@ -220,11 +230,12 @@ def test_resume_may_change_the_speed_only_cluster_settings_and_tracking(tmp_path
         with_resume([f"resume={tmp_path}", "rounds=7"])
 
 
+@pytest.mark.slow
 def test_a_refused_resume_fails_in_one_line_and_leaves_the_run_as_it_was(tmp_path):
     _resumable(tmp_path)
     before = (tmp_path / ".hydra" / "overrides.yaml").read_text()
     proc = subprocess.run(
-        [sys.executable, "-m", "engine.run", f"resume={tmp_path}", "cluster.chunk_size=7"],
+        [sys.executable, "-m", "engine.app.run", f"resume={tmp_path}", "cluster.chunk_size=7"],
         cwd=Path(__file__).resolve().parent.parent,
         capture_output=True,
         text=True,

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine.checkpoint import FILE_NAME, FORMAT, Checkpoint, load, save
+from engine.app.checkpoint import FILE_NAME, FORMAT, Checkpoint, load, save
 
 
 class _Payload:

@@ -1,4 +1,4 @@
-"""engine/client.py: local SGD on one client's data, and evaluation."""
+"""engine/training/client.py: local SGD on one client's data, and evaluation."""
 
 from __future__ import annotations
 
@@ -10,18 +10,21 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import engine.client as client_module
-from engine.client import (
+import engine.training.client as client_module
+from common.errors import ConfigError
+from engine.population import ClientData, SyntheticPopulation
+from engine.training import (
+    MLP,
     ClientUpdate,
     EvalStats,
     LocalTraining,
+    LogisticRegression,
     evaluate,
     evaluate_clients,
+    flatten,
+    init_parameters,
     train_client,
 )
-from engine.errors import ConfigError
-from engine.models import MLP, LogisticRegression, flatten, init_parameters
-from engine.population import ClientData, SyntheticPopulation
 
 D, C = 12, 4
 

@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from common.errors import ConfigError
 from engine.aggregation import DenseAggregator, Partial
-from engine.client import ClientUpdate
-from engine.errors import ConfigError
-from engine.server import ParameterServer
+from engine.runtime import ParameterServer
+from engine.training import ClientUpdate
 from mechanisms.clipping import AdaptiveClipping, Clipping, FixedClipping, NoClipping, clip_update
 from mechanisms.noiseless import NoNoise
 from strategies.fedavg import FedAvg
@@ -48,7 +48,7 @@ def test_contract(clipping):
 
 def test_adaptive_noise_split_keeps_the_configured_multiplier():
     # 1/z^2 = 1/z_delta^2 + 1/(2 sigma_b)^2 (Andrew et al. 2019).
-    clipping = AdaptiveClipping(count_noise_multiplier=5.0)
+    clipping = AdaptiveClipping(count_noise_std=5.0)
     z = 1.3
     z_delta = clipping.value_noise_multiplier(z)
     assert 1 / z**2 == pytest.approx(1 / z_delta**2 + 1 / 10.0**2)
@@ -57,8 +57,8 @@ def test_adaptive_noise_split_keeps_the_configured_multiplier():
 
 def test_adaptive_noise_split_refuses_too_little_count_noise():
     with pytest.raises(ConfigError) as info:
-        AdaptiveClipping(count_noise_multiplier=0.5).value_noise_multiplier(1.0)
-    assert info.value.key == "count_noise_multiplier"
+        AdaptiveClipping(count_noise_std=0.5).value_noise_multiplier(1.0)
+    assert info.value.key == "count_noise_std"
 
 
 def test_adaptive_clip_norm_tracks_the_quantile_without_noise():
@@ -78,7 +78,7 @@ def test_adaptive_clip_norm_tracks_the_quantile_without_noise():
         (AdaptiveClipping, "initial_clip_norm", -1.0),
         (AdaptiveClipping, "target_quantile", 1.0),
         (AdaptiveClipping, "learning_rate", 0.0),
-        (AdaptiveClipping, "count_noise_multiplier", 0.0),
+        (AdaptiveClipping, "count_noise_std", 0.0),
     ],
 )
 def test_validation_names_the_key(cls, field, value):

@@ -1,4 +1,4 @@
-"""engine/clock.py: who of a round's selection reports before the deadline, and when it closes."""
+"""engine/scheduling/clock.py: who of a round's selection reports before the deadline, and when."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.clock import AttemptOutcome, RoundClock
-from engine.errors import ConfigError
+from common.errors import ConfigError
+from engine.scheduling import AttemptOutcome, RoundClock
 
 # A hand-built attempt (deadline 600 s):
 #   id        10   11   12       13   14   15

@@ -1,4 +1,4 @@
-"""engine/config.py: structured-config schemas derived from the classes they configure."""
+"""engine/app/config.py: structured-config schemas derived from the classes they configure."""
 
 from __future__ import annotations
 
@@ -13,13 +13,11 @@ from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
 
 from engine.aggregation import DenseAggregator
-from engine.availability import AlwaysAvailable
-from engine.client import LocalTraining
-from engine.config import COMPONENTS, Config, register_configs, schema_of
-from engine.models import MLP, LogisticRegression
-from engine.participation import UniformParticipation
-from engine.population import SyntheticPopulation
-from engine.settings import Cluster, Evaluation, Tracking
+from engine.app.config import COMPONENTS, Config, register_configs, schema_of
+from engine.plan import Cluster, Evaluation, Tracking
+from engine.population import AlwaysAvailable, SyntheticPopulation
+from engine.scheduling import UniformParticipation
+from engine.training import MLP, LocalTraining, LogisticRegression
 from mechanisms.noiseless import NoNoise
 from strategies.fedavg import FedAvg
 
@@ -65,7 +63,7 @@ def test_schema_of_a_module_uses_its_constructor():
         "num_classes": MISSING,
         "hidden": 64,
     }
-    assert _fields(schema_of(MLP))["_target_"] == "engine.models.classifiers.MLP"
+    assert _fields(schema_of(MLP))["_target_"] == "engine.training.models.classifiers.MLP"
     assert get_class(_fields(schema_of(MLP))["_target_"]) is MLP
 
 

@@ -1,4 +1,4 @@
-"""engine/datasets/digits.py: scikit-learn's digits, Dirichlet-partitioned."""
+"""engine/population/datasets/digits.py: scikit-learn's digits, Dirichlet-partitioned."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import pickle
 import numpy as np
 import pytest
 
-from engine.datasets.digits import DigitsDirichlet
-from engine.errors import ConfigError
+from common.errors import ConfigError
+from engine.population import DigitsDirichlet
 
 NUM_IMAGES = 1797
 

@@ -1,4 +1,4 @@
-"""engine/datasets/leaf.py, tff_h5.py, loading.py: file-backed populations on small files."""
+"""population/datasets/leaf.py, tff_h5.py, loading.py: file-backed populations on small files."""
 
 from __future__ import annotations
 
@@ -10,10 +10,8 @@ import h5py
 import numpy as np
 import pytest
 
-from engine.datasets.arrays import ArrayPopulation
-from engine.datasets.leaf import LeafPopulation
-from engine.datasets.tff_h5 import H5Population
-from engine.errors import ConfigError
+from common.errors import ConfigError
+from engine.population import ArrayPopulation, H5Population, LeafPopulation
 
 # user -> (x [n, 2, 2], y [n]); one user without examples.
 USERS = {

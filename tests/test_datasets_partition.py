@@ -1,4 +1,4 @@
-"""engine/datasets/partition.py and arrays.py: partitioners and the in-memory federated arrays."""
+"""population/datasets/partition.py and arrays.py: partitioners and in-memory federated arrays."""
 
 from __future__ import annotations
 
@@ -9,10 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.datasets.arrays import FederatedArrays, Partition
-from engine.datasets.partition import dirichlet_partition, iid_partition, split_clients
-from engine.population import ClientData
-from engine.rng import Stream, generator
+from common.rng import Stream, generator
+from engine.population import ClientData, FederatedArrays, Partition
+from engine.population.datasets.partition import dirichlet_partition, iid_partition, split_clients
 
 
 def _rng(seed: int) -> np.random.Generator:

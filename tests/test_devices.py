@@ -1,4 +1,4 @@
-"""engine/devices.py: per-client compute speed and bandwidth, a pure function of the id."""
+"""engine/population/devices.py: per-client compute speed and bandwidth, a function of the id."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from engine.devices import DeviceProfiles, LognormalDevices
-from engine.errors import ConfigError
+from common.errors import ConfigError
+from engine.population import DeviceProfiles, LognormalDevices
 
 # Every DeviceProfiles implementation, by seed. Add new ones here.
 DEVICES: list[tuple[str, Callable[[int], DeviceProfiles]]] = [

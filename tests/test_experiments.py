@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import itertools
-import json
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from engine.experiment import build_experiment
-from engine.ledger import read_log
-from engine.run import CONFIG_DIR
-from engine.runner import run_experiment
-from tests.conftest import compose_config
+from engine.app.build import build_experiment
+from engine.app.run import CONFIG_DIR
+from engine.runtime import LocalBackend
+from engine.scheduling import read_log
+from tests.conftest import compose_config, metrics_rows, run_composed
 
 # Options whose yaml leaves a required input (a data file) to the user: built in their own tests.
 NEEDS_A_FILE = {("population", "leaf"), ("population", "tff_h5"), ("population", "shakespeare")}
@@ -68,13 +67,11 @@ def test_experiments_compose(name):
 
 
 def _run(tmp_path: Path, *overrides: str) -> tuple[list[dict], dict]:
-    experiment, tracking = build_experiment(compose_config(*overrides))
-    path = run_experiment(experiment, tracking, tmp_path, {}, "sha")
-    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    return rows, json.loads(path.read_text())
+    """A run's metrics rows and summary; in this process: these tests are not about Ray."""
+    summary = run_composed(tmp_path, *overrides, backend=LocalBackend())
+    return metrics_rows(tmp_path), summary
 
 
-@pytest.mark.usefixtures("ray_session")
 def test_diurnal_cyclic_run_cycles_over_two_simulated_days(tmp_path):
     # The acceptance run, shrunk: 20k clients and 30-minute check-ins reach two days in 100 rounds.
     rows, summary = _run(
@@ -115,7 +112,6 @@ def test_diurnal_cyclic_run_cycles_over_two_simulated_days(tmp_path):
     assert parts and all(pq.read_schema(p).names == ["round", "client_id"] for p in parts)
 
 
-@pytest.mark.usefixtures("ray_session")
 def test_fedscale_replay_runs(tmp_path):
     rows, summary = _run(
         tmp_path,
@@ -130,7 +126,6 @@ def test_fedscale_replay_runs(tmp_path):
     assert all(0 < row["participation/available"] < 20_000 for row in rows)
 
 
-@pytest.mark.usefixtures("ray_session")
 def test_private_run_reports_the_planned_epsilon_and_the_observed_one(tmp_path):
     overrides = (
         "experiment=smoke",

@@ -10,9 +10,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from engine.errors import ConfigError
-from engine.fedscale import FedScaleAvailability, FedScaleDevices, load_mapping
-from engine.trace_files import resolve_path
+from common.errors import ConfigError
+from engine.population import FedScaleAvailability, FedScaleDevices
+from engine.population.fedscale import load_mapping
+from engine.population.trace_files import resolve_path
 from tests.scripts import load_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "make_fedscale_trace.py"

@@ -17,11 +17,18 @@ import pytest
 import torch
 
 from engine.aggregation import DenseAggregator
-from engine.client import ClientUpdate, LocalTraining, train_client
-from engine.models import CNN, MoETransformerLM, flatten, init_parameters
 from engine.population import ClientData
-from engine.server import ParameterServer
-from engine.vectorised import train_clients
+from engine.runtime import ParameterServer
+from engine.training import (
+    CNN,
+    ClientUpdate,
+    LocalTraining,
+    MoETransformerLM,
+    flatten,
+    init_parameters,
+    train_client,
+    train_clients,
+)
 from mechanisms.clipping import FixedClipping
 from mechanisms.gaussian import GaussianMechanism
 from strategies.fedopt import FedAdam

@@ -19,30 +19,33 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.checkpoint import FILE_NAME
-from engine.experiment import as_dict, build_experiment
-from engine.runner import run_experiment
-from tests.conftest import compose_config
+from engine.app.checkpoint import FILE_NAME
+from engine.app.run import main
+from engine.runtime import LocalBackend
+from tests.conftest import metrics_rows, run_composed
 from tests.processes import kill_all
 
+pytestmark = pytest.mark.slow  # real `fedray` processes
+
 ROOT = Path(__file__).resolve().parent.parent
-ROUNDS = 8
+ROUNDS = 5
 ARGS = (
     "experiment=smoke",
     f"rounds={ROUNDS}",
     "checkpoint.every=1",
-    "eval.every=4",
+    "eval.every=3",
     "cluster.num_cpus=2",
+    "cluster.num_workers=1",  # one actor fewer to start in each process
     "tracking.participation_log=true",
     "mechanism=tree",  # stored noise that must survive the kill
-    "mechanism.noise_multiplier=0.3",
+    "mechanism.noise_multiplier=2",  # epsilon's accounting takes seconds below 1
 )
 TIMEOUT_S = 120
 
 
 def _fedray(out: Path, ray_tmpdir: str, *args: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "engine.run", *args, f"hydra.run.dir={out}"],
+        [sys.executable, "-m", "engine.app.run", *args, f"hydra.run.dir={out}"],
         cwd=ROOT,
         env={**os.environ, "RAY_TMPDIR": ray_tmpdir, "WANDB_MODE": "disabled"},
         stdout=subprocess.DEVNULL,
@@ -60,9 +63,8 @@ def _finish(job: subprocess.Popen[bytes], out: Path, ray_tmpdir: str) -> dict:
 
 
 def _uninterrupted(out: Path) -> dict:
-    cfg = compose_config(*ARGS)
-    experiment, tracking = build_experiment(cfg)
-    return json.loads(run_experiment(experiment, tracking, out, as_dict(cfg), "").read_text())
+    """The run of ARGS, uninterrupted, in this process (no Ray to compete with the resumer's)."""
+    return run_composed(out, *ARGS, backend=LocalBackend(), config_sha256="")
 
 
 def _rounds_logged(out: Path) -> int:
@@ -70,7 +72,6 @@ def _rounds_logged(out: Path) -> int:
     return len(path.read_text().splitlines()) if path.is_file() else 0
 
 
-@pytest.mark.usefixtures("ray_session")
 def test_a_sigkilled_run_resumes_to_the_uninterrupted_model(tmp_path):
     kill_after = int(np.random.default_rng().integers(1, ROUNDS - 1))  # rounds logged at the kill
     ray_tmpdir = tempfile.mkdtemp(prefix="fedray-kr-")  # short: Ray's socket paths must fit
@@ -87,30 +88,25 @@ def test_a_sigkilled_run_resumes_to_the_uninterrupted_model(tmp_path):
         kill_all(job, ray_tmpdir)
         assert job.returncode != 0, "the run finished before it could be killed"
         resumer = _fedray(out, ray_tmpdir, f"resume={out}")
-        whole = _uninterrupted(tmp_path / "whole")  # meanwhile, in the test session's Ray
+        whole = _uninterrupted(tmp_path / "whole")  # meanwhile
         resumed = _finish(resumer, out, ray_tmpdir)
     finally:
         shutil.rmtree(ray_tmpdir, ignore_errors=True)
     assert resumed["model_sha256"] == whole["model_sha256"], f"killed after {kill_after} rounds"
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [row["round"] for row in rows] == list(range(ROUNDS))
+    assert [row["round"] for row in metrics_rows(out)] == list(range(ROUNDS))
     assert resumed["privacy/epsilon"] == whole["privacy/epsilon"]
     assert resumed["participation/clients_seen"] == whole["participation/clients_seen"]
 
 
 @pytest.mark.parametrize("bad", ["resume=/nonexistent/run", "rounds=3"])
-def test_resume_errors_are_one_line(tmp_path, bad):
+def test_resume_errors_are_one_line(tmp_path, monkeypatch, bad):
+    # `fedray`'s entry point in this process: the message it exits with is what it prints (a
+    # refused resume in a process of its own: test_checkpoint.py).
     (tmp_path / ".hydra").mkdir()
     (tmp_path / ".hydra" / "overrides.yaml").write_text("- experiment=smoke\n- rounds=5\n")
     args = [bad] if bad.startswith("resume=") else [f"resume={tmp_path}", bad]
-    proc = subprocess.run(
-        [sys.executable, "-m", "engine.run", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert proc.returncode != 0
-    (line,) = proc.stderr.strip().splitlines()
+    monkeypatch.setattr(sys, "argv", ["fedray", *args])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    (line,) = str(exit_.value.code).splitlines()
     assert line.startswith("fedray: error: resume: ")

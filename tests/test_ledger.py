@@ -1,4 +1,4 @@
-"""engine/ledger.py: the participation ledger, its observed bound and its Parquet log."""
+"""engine/scheduling/ledger.py: the participation ledger, its observed bound and its Parquet log."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from engine.ledger import ObservedParticipation, ParticipationLedger, read_log
+from engine.scheduling import ParticipationLedger, read_log
+from mechanisms.participation import ObservedParticipation
 
 # A hand-built history over 6 clients, and what it shows (worked out by hand):
 #   round 0: 0 1 2      client 0: rounds 0, 3     -> 2 times, gap 3

@@ -1,4 +1,4 @@
-"""engine/models/lm.py: the Gboard-style CIFG next-word model and its sampled softmax."""
+"""engine/training/models/lm.py: the Gboard-style CIFG next-word model and its sampled softmax."""
 
 from __future__ import annotations
 
@@ -9,10 +9,16 @@ import pytest
 import torch
 from torch.nn import functional as F  # noqa: N812
 
-from engine.client import LocalTraining, evaluate, train_client
-from engine.datasets.text import ZipfTextPopulation
-from engine.errors import ConfigError
-from engine.models import NextWordLM, flatten, init_parameters
+from common.errors import ConfigError
+from engine.population import ZipfTextPopulation
+from engine.training import (
+    LocalTraining,
+    NextWordLM,
+    evaluate,
+    flatten,
+    init_parameters,
+    train_client,
+)
 
 
 @pytest.fixture(autouse=True)

@@ -1,7 +1,8 @@
 """Noise mechanisms: the contract every one keeps, and the statistics of the noise it adds.
 
 Every entry of MECHANISMS is checked against its own `matrices`: the noise it streams must have
-covariance sigma^2 C_inv C_inv^T, and its prefix sums the error that A C_inv predicts.
+covariance sigma^2 C_inv C_inv^T, and its prefix sums the error that A C_inv predicts. Streams
+go through an explicit `NoiseState`, as the server holds them.
 """
 
 from __future__ import annotations
@@ -10,14 +11,15 @@ import copy
 import io
 import itertools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pytest
 import torch
 
-from engine.rng import Stream, torch_generator
-from mechanisms import Mechanism, NoNoise
+from common.errors import ConfigError
+from common.rng import Stream, torch_generator
+from mechanisms import Mechanism, NoiseState, NoNoise
 from mechanisms.banded import BandedMechanism
 from mechanisms.blt import BltMechanism
 from mechanisms.gaussian import GaussianMechanism
@@ -61,10 +63,10 @@ MECHANISMS: list[Case] = [
     Case(
         "tree_efficient", lambda seed: TreeMechanism(SIGMA, seed, efficient=True), _honaker_prefix
     ),
-    Case("banded", lambda seed: BandedMechanism(ROUNDS, 2, 3, SIGMA, seed)),
-    Case("banded_wide", lambda seed: BandedMechanism(ROUNDS, 2, 3, SIGMA, seed, bands=6)),
-    Case("blt", lambda seed: BltMechanism(ROUNDS, 2, 3, SIGMA, seed)),
-    Case("blt_5", lambda seed: BltMechanism(ROUNDS, 3, 2, SIGMA, seed, buffers=5)),
+    Case("banded", lambda seed: BandedMechanism(SIGMA, seed).prepare(ROUNDS, 2, 3)),
+    Case("banded_wide", lambda seed: BandedMechanism(SIGMA, seed, bands=6).prepare(ROUNDS, 2, 3)),
+    Case("blt", lambda seed: BltMechanism(SIGMA, seed).prepare(ROUNDS, 2, 3)),
+    Case("blt_5", lambda seed: BltMechanism(SIGMA, seed, buffers=5).prepare(ROUNDS, 3, 2)),
 ]
 
 
@@ -77,8 +79,21 @@ def _noisy(mechanism: Mechanism) -> bool:
     return mechanism.noise_multiplier > 0
 
 
-def _run(mechanism: Mechanism, totals: list[torch.Tensor], start: int = 0) -> list[torch.Tensor]:
-    return [mechanism.privatize(total, start + i) for i, total in enumerate(totals)]
+def _stream(
+    mechanism: Mechanism, totals: list[torch.Tensor], state: NoiseState | None = None
+) -> tuple[list[torch.Tensor], NoiseState]:
+    """The releases of `totals` from `state` (a new stream when None), and the state after."""
+    if state is None:
+        state = mechanism.init_state(totals[0].numel())
+    released = []
+    for total in totals:
+        out, state = mechanism.privatize(total, state.round, state)
+        released.append(out)
+    return released, state
+
+
+def _run(mechanism: Mechanism, totals: list[torch.Tensor]) -> list[torch.Tensor]:
+    return _stream(mechanism, totals)[0]
 
 
 def _totals(rounds: int, dim: int, seed: int = 0) -> list[torch.Tensor]:
@@ -112,8 +127,9 @@ def test_released_tensors_are_the_callers_to_overwrite(case):
     totals = _totals(ROUNDS, 40)
     expected = [t.clone() for t in _run(case.make(0), totals)]
     mechanism = case.make(0)
+    state = mechanism.init_state(40)
     for round_idx, total in enumerate(totals):
-        released = mechanism.privatize(total, round_idx)
+        released, state = mechanism.privatize(total, round_idx, state)
         torch.testing.assert_close(released, expected[round_idx], rtol=0, atol=0)
         released.fill_(float("nan"))  # e.g. an in-place step on the update
 
@@ -137,41 +153,82 @@ def test_rounds_out_of_order_raise_and_change_nothing(case):
     totals = _totals(4, 20)
     expected = _run(case.make(0), totals)
     mechanism = case.make(0)
+    state = mechanism.init_state(20)
     with pytest.raises(ValueError, match="order"):
-        mechanism.privatize(totals[1], 1)
-    released = [mechanism.privatize(totals[0], 0)]
+        mechanism.privatize(totals[1], 1, state)
+    first, state = mechanism.privatize(totals[0], 0, state)
     for wrong in (0, 2, 5):
         with pytest.raises(ValueError, match="order"):
-            mechanism.privatize(totals[1], wrong)
+            mechanism.privatize(totals[1], wrong, state)
     with pytest.raises(ValueError, match="coordinates"):
-        mechanism.privatize(torch.zeros(21), 1)
-    released += _run(mechanism, totals[1:], start=1)
-    _assert_same(released, expected)
+        mechanism.privatize(torch.zeros(21), 1, state)
+    with pytest.raises(ValueError, match="floating"):
+        mechanism.privatize(torch.zeros(20, dtype=torch.int64), 1, state)
+    _assert_same([first, *_stream(mechanism, totals[1:], state)[0]], expected)
 
 
 @pytest.mark.parametrize("save_at", [0, 1, 2, 3, 4, 5, 7, 8, 11])
-def test_state_dict_lets_a_fresh_mechanism_continue_the_sequence(case, save_at):
+def test_a_checkpointed_state_lets_a_fresh_mechanism_continue_the_sequence(case, save_at):
     totals = _totals(ROUNDS, 30)
     expected = _run(case.make(2), totals)
     mechanism = case.make(2)
-    _run(mechanism, totals[:save_at])
+    _, state = _stream(mechanism, totals[:save_at], mechanism.init_state(30))
     buffer = io.BytesIO()
-    torch.save(mechanism.state_dict(), buffer)  # a checkpoint, read back by the safe loader
+    torch.save(state.as_dict(), buffer)  # a checkpoint, read back by the safe loader
     buffer.seek(0)
-    restored = case.make(2)
-    restored.load_state_dict(torch.load(buffer, weights_only=True))
-    _assert_same(_run(restored, totals[save_at:], start=save_at), expected[save_at:])
+    restored = NoiseState.from_dict(torch.load(buffer, weights_only=True))
+    continued, _ = _stream(case.make(2), totals[save_at:], restored)
+    _assert_same(continued, expected[save_at:])
     # The original goes on unaffected by the save.
-    _assert_same(_run(mechanism, totals[save_at:], start=save_at), expected[save_at:])
+    _assert_same(_stream(mechanism, totals[save_at:], state)[0], expected[save_at:])
 
 
-def test_state_dict_of_one_seed_is_refused_by_another(case):
+def test_a_copied_state_forks_the_stream(case):
+    totals = _totals(6, 12)
+    mechanism = case.make(1)
+    _, state = _stream(mechanism, totals[:3])
+    fork = state.copy()
+    a, _ = _stream(mechanism, totals[3:], state)  # consumes `state`, not its copy
+    b, _ = _stream(mechanism, totals[3:], fork)
+    _assert_same(a, b)
+
+
+def test_a_state_of_one_seed_is_refused_by_another(case):
     mechanism = case.make(0)
     if not _noisy(mechanism):
         pytest.skip("no noise")
-    _run(mechanism, _totals(3, 10))
+    _, state = _stream(mechanism, _totals(3, 10))
     with pytest.raises(ValueError, match="seed"):
-        case.make(1).load_state_dict(copy.deepcopy(mechanism.state_dict()))
+        case.make(1).privatize(torch.zeros(10), 3, copy.deepcopy(state))
+
+
+def test_the_state_holds_ints_a_str_and_host_tensors_and_no_seed_in_its_repr(case):
+    mechanism = case.make(0)
+    _, state = _stream(mechanism, _totals(5, 8))
+    saved = state.as_dict()
+    assert {key: type(value) for key, value in saved.items() if key != "buffers"} == {
+        "round": int,
+        "dim": int,
+        "seed": int,
+        "factorisation": str,
+    }
+    assert saved["round"] == (5 if _noisy(mechanism) else 0) and saved["dim"] == 8
+    for buffer in saved["buffers"].values():
+        assert buffer.dtype == torch.float32 and buffer.device.type == "cpu"
+    assert "seed" not in repr(state)
+    with pytest.raises(ValueError, match="not a noise state"):
+        NoiseState.from_dict({"round": 0, "seed": 0})
+
+
+def test_the_interface_has_at_most_five_public_methods():
+    methods = [n for n, v in vars(Mechanism).items() if not n.startswith("_") and callable(v)]
+    assert sorted(methods) == [
+        "init_state",
+        "matrices",
+        "prepare",
+        "privatize",
+        "sensitivity_squared",
+    ]
 
 
 @pytest.mark.parametrize("rounds", [1, 2, 7, ROUNDS, 16])
@@ -207,8 +264,8 @@ def test_sensitivity_squared_is_the_brute_force_maximum_over_patterns(case, roun
 
 def _noise(mechanism: Mechanism, rounds: int, dim: int) -> np.ndarray:
     """[rounds, dim]: the noise added to a zero total, in float64."""
-    zero = torch.zeros(dim)
-    return np.stack([mechanism.privatize(zero, t).double().numpy() for t in range(rounds)])
+    released, _ = _stream(mechanism, [torch.zeros(dim)] * rounds)
+    return np.stack([r.double().numpy() for r in released])
 
 
 def test_stream_is_the_decoder_applied_to_fresh_rows(case):
@@ -295,25 +352,33 @@ def test_honaker_mean_prefix_error_over_a_full_tree(levels, ratio):
 def test_naive_and_efficient_trees_draw_the_same_node_noise():
     naive, efficient = TreeMechanism(seed=9), TreeMechanism(seed=9, efficient=True)
     assert naive.row_keys(ROUNDS) == efficient.row_keys(ROUNDS)
-    zero = torch.zeros(10)
-    torch.testing.assert_close(naive.privatize(zero, 0), efficient.privatize(zero, 0))
+    zero = [torch.zeros(10)]
+    torch.testing.assert_close(_run(naive, zero)[0], _run(efficient, zero)[0])
 
 
 def test_tree_memory_is_the_decomposition():
     mechanism = TreeMechanism()
+    state = mechanism.init_state(5)
     for t in range(40):
-        mechanism.privatize(torch.zeros(5), t)
-        assert len(mechanism.state_dict()["buffers"]) == _popcount(t + 1)
+        _, state = mechanism.privatize(torch.zeros(5), t, state)
+        assert len(state.buffers) == _popcount(t + 1)
     restarted = TreeMechanism(restart_every=6)
+    state = restarted.init_state(5)
     for t in range(40):
-        restarted.privatize(torch.zeros(5), t)
-        held = len(restarted.state_dict()["buffers"])
+        _, state = restarted.privatize(torch.zeros(5), t, state)
+        held = len(state.buffers)
         assert held == (0 if (t + 1) % 6 == 0 else _popcount(t % 6 + 1))
 
 
-def test_tree_rejects_bad_configuration():
-    from engine.errors import ConfigError
+def test_a_tree_state_must_hold_the_rounds_decomposition():
+    mechanism = TreeMechanism()
+    _, state = _stream(mechanism, [torch.zeros(5)] * 3)  # round 3: levels 0 and 1
+    with pytest.raises(ValueError, match="levels"):
+        mechanism.privatize(torch.zeros(5), 3, replace(state, buffers={"1": torch.zeros(5)}))
+    mechanism.privatize(torch.zeros(5), 3, state)
 
+
+def test_tree_rejects_bad_configuration():
     with pytest.raises(ConfigError, match="noise_multiplier"):
         TreeMechanism(noise_multiplier=0.0)
     with pytest.raises(ConfigError, match="restart_every"):
@@ -328,9 +393,17 @@ def test_tree_rejects_bad_configuration():
 def test_no_noise_is_the_identity_and_stateless():
     mechanism = NoNoise()
     total = torch.arange(100, dtype=torch.float32)
+    state = mechanism.init_state(100)
     for round_idx in (0, 1, 50):
-        torch.testing.assert_close(mechanism.privatize(total, round_idx), total, rtol=0, atol=0)
-    assert mechanism.state_dict() == {}
-    mechanism.load_state_dict({})
-    assert mechanism == NoNoise()
+        released, after = mechanism.privatize(total, round_idx, state)
+        torch.testing.assert_close(released, total, rtol=0, atol=0)
+        assert after is state and not state.buffers
+    assert mechanism.prepare(10, 2, 3) is mechanism == NoNoise()
     assert mechanism.noise_multiplier == 0.0
+
+
+def test_a_tree_state_is_refused_by_another_tree():
+    _, state = _stream(TreeMechanism(), [torch.zeros(4)] * 3)
+    for other in (TreeMechanism(efficient=True), TreeMechanism(restart_every=8)):
+        with pytest.raises(ValueError, match="factorisation"):
+            other.privatize(torch.zeros(4), 3, state)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.errors import ConfigError
-from engine.metric_keys import (
+from common.errors import ConfigError
+from engine.app.metric_keys import (
     METRICS,
     SIMULATOR_PREFIXES,
     Metric,
@@ -18,15 +18,15 @@ from engine.metric_keys import (
     reference,
     releasable,
 )
-from engine.settings import Tracking
-from engine.tracking import RunTracker
+from engine.app.tracking import RunTracker
+from engine.plan import Tracking
 from tests.audit import RecordingWandb
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "metrics.md"
 
 
 def test_the_docs_reference_is_the_registry():
-    # Regenerate with: .venv/bin/python -m engine.metric_keys > docs/metrics.md
+    # Regenerate with: .venv/bin/python -m engine.app.metric_keys > docs/metrics.md
     assert DOCS.read_text(encoding="utf-8") == reference()
 
 

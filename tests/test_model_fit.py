@@ -1,4 +1,4 @@
-"""engine/fit.py: every shipped model x population pair either trains, or fails in one line.
+"""engine/app/fit.py: every shipped model x population pair either trains, or fails in one line.
 
 The pairs come from the yaml files of conf/model and conf/population. A pair that builds must
 also train: one client's local SGD and an evaluation with the real model and data, as a worker
@@ -20,13 +20,13 @@ import ray
 import torch
 from omegaconf import OmegaConf
 
-import engine.run
-from engine.client import evaluate, train_client
-from engine.config import COMPONENTS
-from engine.errors import ConfigError
-from engine.experiment import Experiment, build_experiment
-from engine.models import flatten, init_parameters
-from engine.run import CONFIG_DIR, check_command_line
+import engine.app.run
+from common.errors import ConfigError
+from engine.app.build import build_experiment
+from engine.app.config import COMPONENTS
+from engine.app.run import CONFIG_DIR, check_command_line
+from engine.plan import Experiment
+from engine.training import evaluate, flatten, init_parameters, train_client
 from tests.conftest import compose_config
 
 MODELS = sorted(path.stem for path in (CONFIG_DIR / "model").glob("*.yaml"))
@@ -212,12 +212,12 @@ def _no_start(*args: object, **kwargs: object) -> None:
 
 def test_the_command_fails_in_one_line_before_anything_starts(monkeypatch):
     monkeypatch.setattr(ray, "init", _no_start)
-    monkeypatch.setattr(engine.run, "_app", _no_start)
+    monkeypatch.setattr(engine.app.run, "_app", _no_start)
     with pytest.raises(ConfigError, match=r"^model: lm needs token sequences"):
         check_command_line(["model=lm"])
     monkeypatch.setattr("sys.argv", ["fedray", "model=moe_lm", "aggregation=sparse"])
     with pytest.raises(SystemExit) as info:
-        engine.run.main()
+        engine.app.run.main()
     assert str(info.value) == (
         "fedray: error: model: moe_lm needs token sequences (population=zipf_text or "
         "shakespeare); population=synthetic gives feature vectors"

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from engine.models import MLP, LogisticRegression, assign_flat, flatten, init_parameters
+from engine.training import MLP, LogisticRegression, assign_flat, flatten, init_parameters
 
 MODELS: list[tuple[str, Callable[[], nn.Module]]] = [
     ("logreg", lambda: LogisticRegression(60, 10)),

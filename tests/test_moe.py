@@ -1,4 +1,4 @@
-"""engine/models/moe.py: top-k routing with capacity, load balancing, and the dense twin."""
+"""engine/training/models/moe.py: top-k routing with capacity, load balancing, the dense twin."""
 
 from __future__ import annotations
 
@@ -10,11 +10,17 @@ import pytest
 import torch
 from torch.nn import functional as F  # noqa: N812
 
-from engine.client import LocalTraining, evaluate, train_client
-from engine.datasets.text import ZipfTextPopulation
-from engine.errors import ConfigError
-from engine.models import MoETransformerLM, flatten, init_parameters
-from engine.models.moe import MixtureOfExperts, expert_capacity, load_balancing_loss, route
+from common.errors import ConfigError
+from engine.population import ZipfTextPopulation
+from engine.training import (
+    LocalTraining,
+    MoETransformerLM,
+    evaluate,
+    flatten,
+    init_parameters,
+    train_client,
+)
+from engine.training.models.moe import MixtureOfExperts, expert_capacity, load_balancing_loss, route
 
 
 @pytest.fixture(autouse=True)

@@ -30,8 +30,9 @@ import psutil
 import pytest
 import ray
 
-from engine.placement import NodeReducer
-from engine.simulation import Simulation, initial_weights
+from engine.runtime import LocalBackend, Simulation
+from engine.runtime.placement import NodeReducer
+from engine.runtime.simulation import initial_weights
 from tests.conftest import smoke_experiment
 from tests.multinode_job import COHORT_SIZE, NUM_WORKERS, ROUNDS, overrides
 from tests.processes import kill_all, processes_of
@@ -40,16 +41,19 @@ ROOT = Path(__file__).resolve().parent.parent
 JOB_TIMEOUT_S = 180
 
 
-pytestmark = pytest.mark.multinode
+pytestmark = [pytest.mark.multinode, pytest.mark.slow]
 
 
 def _final_weights(node_of_worker: list[str] | None = None) -> np.ndarray:
-    """The experiment's final weights on the session's one node.
+    """The experiment's final weights on one node.
 
-    With `node_of_worker`, worker i's partials are first summed by an (unpinned) `NodeReducer`
-    of the label node_of_worker[i], exactly as `Simulation` groups them on a multi-node cluster.
+    Without `node_of_worker`, in this process (a `LocalBackend`: the server sums every chunk).
+    With it, on the session's Ray, where worker i's partials are first summed by an (unpinned)
+    `NodeReducer` of the label node_of_worker[i], exactly as `Simulation` groups them on a
+    multi-node cluster.
     """
-    with Simulation(smoke_experiment(*overrides())) as sim:
+    backend = LocalBackend() if node_of_worker is None else None
+    with Simulation(smoke_experiment(*overrides()), backend=backend) as sim:
         if node_of_worker is not None:
             reducer: Any = ray.remote(num_cpus=0)(NodeReducer)
             sim._worker_nodes = list(node_of_worker)

@@ -10,8 +10,8 @@ import ray
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.aggregation import Partial
-from engine.aggregation.packed import OUT_OF_BAND_BYTES, PackedPartials
+from engine.aggregation import PackedPartials, Partial
+from engine.aggregation.packed import OUT_OF_BAND_BYTES
 
 LARGE = OUT_OF_BAND_BYTES // 4  # float32 values: the smallest array shipped out of band
 

@@ -1,4 +1,4 @@
-"""engine/participation.py: cohort selection, participation limits and the participation bound."""
+"""engine/scheduling/participation.py: cohort selection, participation limits and the bound."""
 
 from __future__ import annotations
 
@@ -13,16 +13,16 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-from engine import participation
-from engine.errors import ConfigError
-from engine.ledger import ParticipationLedger
-from engine.participation import (
+from common.errors import ConfigError
+from engine.scheduling import (
     CyclicParticipation,
-    ParticipationBound,
+    ParticipationLedger,
     ParticipationPolicy,
     UniformParticipation,
-    sample_accepted,
+    participation,
 )
+from engine.scheduling.participation import sample_accepted
+from mechanisms.participation import ParticipationBound
 
 HOUR = 3600.0
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.placement import Resources
+from engine.runtime.placement import Resources
 
 
 def _resources(workers: int, worker_gpus: float, server_gpus: float) -> Resources:

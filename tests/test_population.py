@@ -1,4 +1,4 @@
-"""engine/population.py: synthetic non-IID population, client data and the registry."""
+"""engine/population/base.py: synthetic non-IID population, client data and the registry."""
 
 from __future__ import annotations
 
@@ -11,12 +11,17 @@ from hypothesis import strategies as st
 from scipy import stats
 from scipy.optimize import minimize
 
-import engine.population as population_module
-from engine.datasets.digits import DigitsDirichlet
-from engine.datasets.ratings import RatingsPopulation
-from engine.datasets.text import ZipfTextPopulation
-from engine.errors import ConfigError
-from engine.population import ClientData, ClientRegistry, Population, SyntheticPopulation
+import engine.population.base as population_module
+from common.errors import ConfigError
+from engine.population import (
+    ClientData,
+    ClientRegistry,
+    DigitsDirichlet,
+    Population,
+    RatingsPopulation,
+    SyntheticPopulation,
+    ZipfTextPopulation,
+)
 
 # Every Population implementation, built small. Add new ones here.
 POPULATIONS: list[tuple[str, Callable[[], Population]]] = [

@@ -1,13 +1,21 @@
-"""scripts/privacy_report.py: the planning tool, run as a user would."""
+"""scripts/privacy_report.py: the planning tool, once run as a user would, else its `main`."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import io
 import json
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
+
+from tests.scripts import load_script
+
+pytestmark = pytest.mark.slow  # runs the script in a subprocess
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "privacy_report.py"
 KEYS = {
@@ -26,21 +34,35 @@ KEYS = {
 }
 
 
-def _report(*args: str) -> list[dict]:
-    result = subprocess.run(
-        [sys.executable, str(SCRIPT), *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=True,
-    )
-    return [json.loads(line) for line in result.stdout.splitlines()]
+@functools.cache
+def _script() -> ModuleType:
+    return load_script(SCRIPT)
+
+
+def _report(*args: str, as_a_user: bool = False) -> list[dict]:
+    """The JSON lines of the script: run by its path in a new process if `as_a_user`, else of
+    its `main` in this one (seconds of imports fewer)."""
+    if as_a_user:
+        result = subprocess.run(
+            [sys.executable, str(SCRIPT), *args],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=True,
+        )
+        stdout = result.stdout
+    else:
+        with contextlib.redirect_stdout(io.StringIO()) as out:
+            _script().main(list(args))
+        stdout = out.getvalue()
+    return [json.loads(line) for line in stdout.splitlines()]
 
 
 def test_the_issue_example_tree_with_noise_multiplier():
     (line,) = _report(
         "--mechanism", "tree", "--noise-multiplier", "7", "--rounds", "2000",
         "--max-participations", "6", "--min-separation", "314", "--delta", "1e-10",
+        as_a_user=True,
     )  # fmt: skip
     assert set(line) == KEYS
     assert line["sensitivity_squared"] == 79  # the exact tree DP at (T, k, b) = (2000, 6, 314)

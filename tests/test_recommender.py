@@ -1,4 +1,4 @@
-"""engine/datasets/ratings.py and engine/models/recommender.py: Federated Reconstruction of a MF."""
+"""population/datasets/ratings.py, training/models/recommender.py: Federated Reconstruction MF."""
 
 from __future__ import annotations
 
@@ -7,15 +7,20 @@ import pytest
 import torch
 from torch.nn import functional as F  # noqa: N812
 
+from common.errors import ConfigError
 from engine.aggregation import DenseAggregator, SparseAggregator, SparsePartial
-from engine.client import LocalTraining, train_client
-from engine.config import COMPONENTS
-from engine.datasets.ratings import STAR_CDF, RatingsPopulation
-from engine.errors import ConfigError
-from engine.models import assign_flat, flatten, init_parameters
-from engine.models.recommender import ReconstructionMF
-from engine.population import ClientData
-from engine.workers import ClientWorker
+from engine.app.config import COMPONENTS
+from engine.population import ClientData, RatingsPopulation
+from engine.population.datasets.ratings import STAR_CDF
+from engine.runtime import ClientWorker
+from engine.training import (
+    LocalTraining,
+    ReconstructionMF,
+    assign_flat,
+    flatten,
+    init_parameters,
+    train_client,
+)
 
 SMALL = {"num_clients": 2000, "num_items": 100, "rank": 4}
 
@@ -215,10 +220,10 @@ def test_a_few_federated_rounds_improve_held_out_users():
 
 @pytest.mark.skipif(
     not any(option == "mf_recon" for _, option, _ in COMPONENTS),
-    reason="mf_recon and ratings are not registered in engine.config yet",
+    reason="mf_recon and ratings are not registered in engine.app.config yet",
 )
 def test_fedrecon_experiment_builds():
-    from engine.experiment import build_experiment
+    from engine.app.build import build_experiment
     from tests.conftest import compose_config
 
     experiment, _ = build_experiment(compose_config("experiment=fedrecon"))

@@ -3,7 +3,7 @@
 Every private configuration (mechanism x clipping x aggregation x participation policy, at toy
 sizes) runs on D and on two neighbours of it (`tests.audit`): one client's data zeroed (and its
 example count changed), and that client's update non-finite. With identical noise, every key
-that `engine.metric_keys` declares `PUBLIC` must be identical in everything the runs write and
+that `engine.app.metric_keys` declares `PUBLIC` must be identical in everything the runs write and
 hand wandb; no undeclared key may appear; no `non-private only` key may appear. A metric added
 without a declaration fails here, and so does a public one that depends on the clients' data.
 """
@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-import engine.metric_keys
+import engine.app.metric_keys
 import tests.audit
-from engine.clock import RoundClock
-from engine.metric_keys import Metric, Release, UndeclaredMetricError, declared
-from engine.simulation import Simulation
+from engine.app.metric_keys import Metric, Release, UndeclaredMetricError, declared
+from engine.runtime import Simulation
+from engine.scheduling import RoundClock
 from tests.audit import RecordingWandb, audit, audit_env
 
 __all__ = ["audit_env"]
@@ -117,7 +117,7 @@ def test_the_audit_catches_a_data_dependent_key_declared_public(
         return metric
 
     monkeypatch.setattr(tests.audit, "declared", public_bytes)
-    monkeypatch.setattr(engine.metric_keys, "declared", public_bytes)  # the tracker keeps it
+    monkeypatch.setattr(engine.app.metric_keys, "declared", public_bytes)  # the tracker keeps it
     found = audit(overrides("gaussian", "fixed", "sparse", "uniform"), tmp_path, audit_env)
     assert any("system/upload_bytes" in line for line in found)
 

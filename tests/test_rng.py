@@ -1,4 +1,4 @@
-"""engine/rng.py: seeded generators, counter-based uniforms and lognormal counts."""
+"""common/rng.py: seeded generators, counter-based uniforms and lognormal counts."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-from engine.rng import Stream, generator, lognormal_counts, uniform
+from common.rng import Stream, generator, lognormal_counts, uniform
 
 # -- generator ---------------------------------------------------------------------------------
 

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from engine.errors import ConfigError
-from engine.experiment import build_experiment
-from engine.run import check_command_line
-from engine.runner import run_experiment
+from common.errors import ConfigError
+from engine.app.build import build_experiment
+from engine.app.run import check_command_line
+from engine.app.runner import run_experiment
+from engine.runtime import LocalBackend
 from tests.conftest import compose_config
 
 FEDRAY = str(Path(sys.executable).with_name("fedray"))
@@ -65,6 +66,7 @@ def test_valid_command_lines_pass():
     check_command_line(["-m", "seed=1,2", "rounds=range(1,3)", "hydra/launcher=basic"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("override", "key"),
     [
@@ -82,15 +84,17 @@ def test_cli_exits_before_ray_with_one_line(tmp_path, override, key):
     assert not (tmp_path / "outputs").exists()
 
 
-def test_module_entry_point_runs_and_prints_summary_last(tmp_path):
+def test_module_entry_point_runs_and_prints_summary_last(tmp_path, join_session_ray):
     out = tmp_path / "run"
     result = _run(
         sys.executable,
         "-m",
-        "engine.run",
+        "engine.app.run",
         "experiment=smoke",
         "tracking.mode=offline",
         f"hydra.run.dir={out}",
+        *join_session_ray,
+        "cluster.num_workers=1",  # one actor fewer to start
         cwd=Path(__file__).resolve().parent.parent,
     )
     assert result.returncode == 0, result.stderr
@@ -98,11 +102,12 @@ def test_module_entry_point_runs_and_prints_summary_last(tmp_path):
     assert list((out / "wandb").glob("offline-run-*"))
 
 
-@pytest.mark.usefixtures("ray_session")
 def test_run_writes_metrics_and_summary(tmp_path):
     cfg = compose_config("experiment=smoke", "eval.every=2", "rounds=5")
     experiment, tracking = build_experiment(cfg)
-    path = run_experiment(experiment, tracking, tmp_path, {"rounds": 5}, "abc")
+    path = run_experiment(
+        experiment, tracking, tmp_path, {"rounds": 5}, "abc", backend=LocalBackend()
+    )
     assert path == tmp_path / "summary.json"
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [row["round"] for row in rows] == list(range(5))
@@ -152,11 +157,11 @@ def test_a_run_planned_above_the_target_epsilon_refuses_to_start():
         (["mechanism=gaussian", "clipping=none"], "clipping"),
         (["mechanism=gaussian", "aggregation.weighting=examples"], "aggregation.weighting"),
         (
-            ["clipping=adaptive", "clipping.count_noise_multiplier=0"],
-            "clipping.count_noise_multiplier",
+            ["clipping=adaptive", "clipping.count_noise_std=0"],
+            "clipping.count_noise_std",
         ),
         (["mechanism=tree", "mechanism.noise_multiplier=0"], "mechanism.noise_multiplier"),
-        (["mechanism=blt", "mechanism.rounds=5"], "mechanism.rounds"),  # injected
+        (["mechanism=blt", "mechanism.rounds=5"], "mechanism.rounds"),  # the run prepares it
         (["privacy.delta=1"], "privacy.delta"),
         (["privacy.target_epsilon=4"], "privacy.target_epsilon"),  # no noise: no guarantee
         (
@@ -164,10 +169,10 @@ def test_a_run_planned_above_the_target_epsilon_refuses_to_start():
                 "mechanism=gaussian",
                 "mechanism.noise_multiplier=10",
                 "clipping=adaptive",
-                "clipping.count_noise_multiplier=1",
+                "clipping.count_noise_std=1",
                 "aggregation.weighting=uniform",
             ],
-            "clipping.count_noise_multiplier",
+            "clipping.count_noise_std",
         ),
     ],
 )

@@ -1,4 +1,4 @@
-"""engine/schedule.py: rounds in simulated time, retries, and commits to the ledger."""
+"""engine/scheduling/schedule.py: rounds in simulated time, retries, and commits to the ledger."""
 
 from __future__ import annotations
 
@@ -8,12 +8,16 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pytest
 
-from engine.availability import AlwaysAvailable, Availability
-from engine.clock import RoundClock
-from engine.devices import DeviceProfiles, LognormalDevices
-from engine.ledger import ParticipationLedger
-from engine.participation import ParticipationPolicy, UniformParticipation
-from engine.schedule import RoundFailedError, RoundPlan, Scheduler
+from engine.population import AlwaysAvailable, Availability, DeviceProfiles, LognormalDevices
+from engine.scheduling import (
+    ParticipationLedger,
+    ParticipationPolicy,
+    RoundClock,
+    RoundFailedError,
+    RoundPlan,
+    Scheduler,
+    UniformParticipation,
+)
 
 HOUR = 3600.0
 
@@ -77,9 +81,10 @@ def _scheduler(
 
 
 def _run(scheduler: Scheduler, rounds: int) -> list[RoundPlan]:
-    plans = []
+    """Plans and commits `rounds` rounds, each from where the one before ended."""
+    plans: list[RoundPlan] = []
     for r in range(rounds):
-        plan = scheduler.plan(r)
+        plan = scheduler.plan(r, plans[-1].end_s if plans else scheduler.start_s)
         scheduler.commit(plan)
         plans.append(plan)
     return plans
@@ -142,13 +147,13 @@ def test_other_seed_other_plans():
 
 def test_plan_changes_nothing_until_commit():
     scheduler = _busy(1)
-    _run(scheduler, 3)
-    now, counts = scheduler.now_s, scheduler.ledger.count.copy()
-    first = scheduler.plan(3)
+    now = _run(scheduler, 3)[-1].end_s
+    counts = scheduler.ledger.count.copy()
+    first = scheduler.plan(3, now)
     assert first.attempts == 1
-    assert scheduler.now_s == now
+    assert first.start_s == now
     np.testing.assert_array_equal(scheduler.ledger.count, counts)
-    assert _same_plan(first, scheduler.plan(3))
+    assert _same_plan(first, scheduler.plan(3, now))
 
 
 # -- retries -----------------------------------------------------------------------------------
@@ -167,7 +172,8 @@ def test_plan_changes_nothing_until_commit():
 def test_retries_until_enough_report(start_h, attempts, start_s):
     clock = RoundClock(deadline_s=600.0, checkin_s=30.0, retry_after_s=600.0, start_h=start_h)
     scheduler = _scheduler(availability=_OnAfter(100, 3 * HOUR), clock=clock)
-    plan = scheduler.plan(0)
+    assert scheduler.start_s == start_h * HOUR
+    plan = scheduler.plan(0, scheduler.start_s)
     assert plan.attempts == attempts
     assert plan.start_s == start_s
     assert plan.end_s == start_s + 30.0 + 4.0  # the cohort is full at its (every) 4 s report
@@ -201,13 +207,13 @@ def test_round_failed_error_after_max_attempts():
     clock = RoundClock(deadline_s=600.0, checkin_s=30.0, retry_after_s=600.0, max_attempts=3)
     scheduler = _scheduler(availability=_OnAfter(100, math.inf), clock=clock)
     with pytest.raises(RoundFailedError) as info:
-        scheduler.plan(0)
+        scheduler.plan(0, 0.0)
     message = str(info.value)
     assert "\n" not in message
     assert message.startswith("round 0:")
     assert "3 attempts" in message
     assert "8 of 10" in message  # min_reports of the cohort
-    assert scheduler.now_s == 3 * 1230.0
+    assert (info.value.round_idx, info.value.now_s) == (0, 3 * 1230.0)
     assert scheduler.ledger.rounds_recorded == 0
 
 
@@ -215,9 +221,9 @@ def test_round_failed_error_names_the_round():
     # Everyone may join once: the fourth round of 10 out of 30 finds nobody.
     policy = UniformParticipation(cohort_size=10, max_participations=1)
     scheduler = _scheduler(30, participation=policy, clock=RoundClock(max_attempts=2))
-    _run(scheduler, 3)
+    now = _run(scheduler, 3)[-1].end_s
     with pytest.raises(RoundFailedError, match=r"^round 3: .* 2 attempts"):
-        scheduler.plan(3)
+        scheduler.plan(3, now)
     assert scheduler.ledger.rounds_recorded == 3
 
 
@@ -230,25 +236,24 @@ def _slow_quarter(num_clients: int) -> _TableDevices:
     return _TableDevices(speed=speed, bytes_per_s=np.full(num_clients, 1.25e6))
 
 
-def test_commit_records_only_reported_clients_and_moves_the_clock():
+def test_commit_records_only_reported_clients():
     num_clients = 40
     clock = RoundClock(deadline_s=600.0, over_selection=1.5, checkin_s=3.0, min_report_fraction=0.5)
     scheduler = _scheduler(num_clients, clock=clock, devices=_slow_quarter(num_clients))
-    plan = scheduler.plan(0)
+    plan = scheduler.plan(0, scheduler.start_s)
     assert plan.selected == 15
     cohort = plan.cohort
     assert 5 <= len(cohort) <= 10
     assert not np.any(cohort % 4 == 0)  # stragglers never report
     assert plan.outcome.stragglers > 0
     scheduler.commit(plan)
-    assert scheduler.now_s == plan.end_s
     assert scheduler.ledger.rounds_recorded == 1
     expected = np.zeros(num_clients, dtype=np.int32)
     expected[cohort] = 1
     np.testing.assert_array_equal(scheduler.ledger.count, expected)
     np.testing.assert_array_equal(scheduler.ledger.last_start_s(cohort), plan.start_s)
     # The next round starts where this one ended.
-    assert scheduler.plan(1).start_s == plan.end_s
+    assert scheduler.plan(1, plan.end_s).start_s == plan.end_s
 
 
 def test_dropouts_and_stragglers_are_excluded_over_many_rounds():
@@ -286,7 +291,7 @@ def test_dropouts_and_stragglers_are_excluded_over_many_rounds():
 
 def test_over_selection_sizes_the_selection():
     clock = RoundClock(over_selection=1.3)
-    plan = _scheduler(clock=clock).plan(0)
+    plan = _scheduler(clock=clock).plan(0, 0.0)
     assert plan.selected == 13
     assert len(plan.cohort) == 10
     assert plan.outcome.late == 3
@@ -313,7 +318,7 @@ def test_hourly_limit_waits_through_retries():
 def test_metrics():
     clock = RoundClock(deadline_s=600.0, checkin_s=30.0, retry_after_s=600.0, start_h=1.0)
     scheduler = _scheduler(availability=_OnAfter(100, 3 * HOUR), clock=clock)
-    plan = scheduler.plan(0)
+    plan = scheduler.plan(0, scheduler.start_s)
     metrics = plan.metrics()
     assert set(metrics) == {
         "participation/available",
@@ -346,4 +351,5 @@ def test_metrics_of_a_busy_round_add_up():
         assert metrics["participation/reported"] == len(plan.cohort)
         assert metrics["participation/selected"] == plan.selected == 26  # ceil(1.3 x 20)
         assert metrics["system/sim_round_s"] == plan.end_s - plan.start_s <= 10.0 + 120.0
-        assert replace(plan, start_s=7200.0).metrics()["system/sim_time_h"] == 2.0
+        later = replace(plan, start_s=7200.0, end_s=7200.0 + metrics["system/sim_round_s"])
+        assert later.metrics()["system/sim_time_h"] == 2.0

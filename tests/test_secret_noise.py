@@ -11,15 +11,15 @@ from typing import Any
 import pytest
 import torch
 
-import engine.runner
-from engine.backends import LocalBackend
-from engine.checkpoint import FILE_NAME, load
-from engine.experiment import Experiment, as_dict, build_experiment
-from engine.run import _checkpoint_to_resume
-from engine.runner import run_experiment
-from engine.settings import Tracking
+import engine.app.runner
+from engine.app.build import as_dict, build_experiment
+from engine.app.checkpoint import FILE_NAME, load
+from engine.app.run import checkpoint_to_resume
+from engine.app.runner import run_experiment
+from engine.plan import Experiment, Tracking
+from engine.runtime import LocalBackend
 from mechanisms.banded import BandedMechanism
-from mechanisms.base import SECRET_SEED_BITS, NoiseSeed
+from mechanisms.base import SECRET_SEED_BITS, NoiseSeed, NoiseState
 from mechanisms.blt import BltMechanism
 from mechanisms.gaussian import GaussianMechanism
 from mechanisms.tree import TreeMechanism
@@ -38,38 +38,45 @@ SECRET = (
 MECHANISMS = (
     lambda kind: GaussianMechanism(noise_seed=kind),
     lambda kind: TreeMechanism(noise_seed=kind),
-    lambda kind: BandedMechanism(
-        noise_seed=kind, rounds=6, max_participations=2, min_separation=3, bands=2
-    ),
-    lambda kind: BltMechanism(noise_seed=kind, rounds=6, max_participations=2, min_separation=3),
+    lambda kind: BandedMechanism(noise_seed=kind, bands=2).prepare(6, 2, 3),
+    lambda kind: BltMechanism(noise_seed=kind).prepare(6, 2, 3),
 )
 
 
 @pytest.mark.parametrize("make", MECHANISMS)
-def test_secret_noise_differs_between_mechanisms_and_continues_from_the_state(make):
-    first, second = make("secret"), make("secret")
+def test_secret_noise_differs_between_streams_and_continues_from_the_state(make):
+    mechanism = make("secret")
+    assert mechanism == make("secret")  # the mechanism holds no secret: its streams do
     totals = torch.zeros(3, 50)
-    a = [first.privatize(t, r) for r, t in enumerate(totals[:2])]
-    b = [second.privatize(t, r) for r, t in enumerate(totals[:2])]
-    assert not torch.equal(a[0], b[0])  # P(equal seeds) = 2^-128
-    state = first.state_dict()
-    assert 0 <= state["seed"] < 2**SECRET_SEED_BITS
-    assert str(state["seed"]) not in repr(first)
-    resumed = make("secret")  # draws a fresh secret, then adopts the state's
-    resumed.load_state_dict(state)
-    torch.testing.assert_close(resumed.privatize(totals[2], 2), first.privatize(totals[2], 2))
+    first, second = mechanism.init_state(50), mechanism.init_state(50)
+    a, first = mechanism.privatize(totals[0], 0, first)
+    b, second = mechanism.privatize(totals[0], 0, second)
+    assert not torch.equal(a, b)  # P(equal seeds) = 2^-128
+    _, first = mechanism.privatize(totals[1], 1, first)
+    saved = first.as_dict()
+    assert 0 <= saved["seed"] < 2**SECRET_SEED_BITS
+    assert str(saved["seed"]) not in repr(mechanism) + repr(first)
+    resumed = make("secret")  # another instance continues the stream of the state
+    expected, _ = mechanism.privatize(totals[2], 2, first)
+    continued, _ = resumed.privatize(totals[2], 2, NoiseState.from_dict(saved))
+    torch.testing.assert_close(continued, expected)
 
 
 def test_seeded_noise_refuses_a_state_of_another_seed_and_secret_needs_one():
     seeded = NoiseSeed(3, "seeded")
-    seeded.restore(3)
+    assert seeded.draw() == 3
+    seeded.check(3)
     with pytest.raises(ValueError, match="another noise seed") as error:
-        seeded.restore(2**100 + 4)
+        seeded.check(2**100 + 4)
     assert str(2**100 + 4) not in str(error.value)
     with pytest.raises(ValueError, match="no secret noise seed"):
-        NoiseSeed(0, "secret").restore("3")
+        NoiseSeed(0, "secret").check("3")
     with pytest.raises(ValueError, match="noise_seed: must be one of"):
         NoiseSeed(0, "random")
+    with pytest.raises(ValueError, match="seed"):
+        GaussianMechanism(noise_seed="secret").privatize(
+            torch.zeros(2), 0, NoiseState(0, 2, 2**SECRET_SEED_BITS)
+        )
 
 
 def _experiment() -> tuple[Experiment, dict[str, Any]]:
@@ -80,7 +87,7 @@ def _experiment() -> tuple[Experiment, dict[str, Any]]:
 
 def _run(out: Path, resume: bool = False) -> dict[str, Any]:
     experiment, config = _experiment()
-    checkpoint = _checkpoint_to_resume(str(out), config) if resume else None
+    checkpoint = checkpoint_to_resume(str(out), config) if resume else None
     tracking = Tracking(mode="offline", progress=False, participation_log=True)
     path = run_experiment(
         experiment, tracking, out, config, "sha", resume=checkpoint, backend=LocalBackend()
@@ -91,7 +98,7 @@ def _run(out: Path, resume: bool = False) -> dict[str, Any]:
 def test_a_secret_run_resumes_exactly_and_logs_its_seed_nowhere(tmp_path, monkeypatch):
     recorder = RecordingWandb()  # what wandb would be handed
     monkeypatch.setitem(sys.modules, "wandb", recorder)
-    save, snapshot = engine.runner.save, tmp_path / "after_round_2"
+    save, snapshot = engine.app.runner.save, tmp_path / "after_round_2"
 
     def save_and_keep_the_first(checkpoint: Any, output_dir: Path) -> Path:
         path = save(checkpoint, output_dir)
@@ -100,7 +107,7 @@ def test_a_secret_run_resumes_exactly_and_logs_its_seed_nowhere(tmp_path, monkey
             shutil.copy(path, snapshot / FILE_NAME)
         return path
 
-    monkeypatch.setattr(engine.runner, "save", save_and_keep_the_first)
+    monkeypatch.setattr(engine.app.runner, "save", save_and_keep_the_first)
     whole = _run(tmp_path / "whole")
     other = _run(tmp_path / "other")
     assert whole["model_sha256"] != other["model_sha256"]  # fresh secret noise

@@ -10,13 +10,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mechanisms.participation import participations_that_fit
 from mechanisms.sensitivity import (
     banded_sensitivity_squared,
     brute_force_sensitivity_squared,
     general_sensitivity_squared,
     toeplitz_sensitivity_squared,
-    tree_sensitivity_squared,
 )
+from mechanisms.tree_sensitivity import tree_sensitivity_squared
 
 
 def tree_matrix(n: int, restart_every: int | None = None) -> np.ndarray:
@@ -246,7 +247,7 @@ def test_general_exact_for_orthogonal_columns(n, k, b, seed) -> None:
 
 def test_brute_force_identity_and_limits() -> None:
     for n, k, b in [(10, 3, 4), (10, 5, 2), (7, 7, 1), (5, 2, 9)]:
-        assert brute_force_sensitivity_squared(np.eye(n), k, b) == min(k, -(-n // b))
+        assert brute_force_sensitivity_squared(np.eye(n), k, b) == participations_that_fit(n, b, k)
     assert general_sensitivity_squared(np.eye(10), 3, 4) == 3.0
     with pytest.raises(ValueError):
         brute_force_sensitivity_squared(np.eye(17), 1, 1)

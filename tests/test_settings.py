@@ -1,4 +1,4 @@
-"""engine/settings.py: evaluation schedule, cluster chunking and tracking settings."""
+"""engine/plan/settings.py: evaluation schedule, cluster chunking and tracking settings."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.errors import ConfigError
-from engine.settings import Cluster, Evaluation, Tracking
+from common.errors import ConfigError
+from engine.plan import Cluster, Evaluation, Tracking
 
 # -- Evaluation --------------------------------------------------------------------------------
 

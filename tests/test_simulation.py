@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.chunks import assign, split_chunks
-from engine.client import EvalStats
-from engine.simulation import Simulation
+from engine.runtime import Simulation
+from engine.runtime.chunks import assign, split_chunks
+from engine.training import EvalStats
 from tests.conftest import smoke_experiment
 
 

@@ -1,4 +1,4 @@
-"""engine/models/layout.py and the sparse and MoE aggregators, from the worker to the release."""
+"""engine/training/models/layout.py and the sparse and MoE aggregators, worker to release."""
 
 from __future__ import annotations
 
@@ -12,25 +12,23 @@ from hypothesis import strategies as st
 from scipy import stats as scipy_stats
 from torch import nn
 
+from common.errors import ConfigError
 from engine.aggregation import (
     Aggregator,
     DenseAggregator,
     MoEAggregator,
     MoEPartial,
+    PackedPartials,
     Partial,
     SparseAggregator,
     SparsePartial,
 )
-from engine.aggregation.packed import PackedPartials
 from engine.aggregation.sparse import add_rows
-from engine.client import ClientUpdate, LocalTraining
-from engine.errors import ConfigError
-from engine.metric_keys import Release, declared, releasable
-from engine.models import MLP
-from engine.models.layout import ParameterLayout, RowBlock
+from engine.app.metric_keys import Release, declared, releasable
 from engine.population import ClientData, Population
-from engine.server import ParameterServer
-from engine.workers import ClientWorker
+from engine.runtime import ClientWorker, ParameterServer
+from engine.training import MLP, ClientUpdate, LocalTraining, ParameterLayout
+from engine.training.models.layout import RowBlock
 from mechanisms.clipping import FixedClipping, NoClipping, clip_update
 from mechanisms.gaussian import GaussianMechanism
 from mechanisms.noiseless import NoNoise

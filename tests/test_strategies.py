@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
 import strategies
-from engine.errors import ConfigError
+from common.errors import ConfigError
 from strategies import DPFTRLM, AdaptiveFedOpt, FedAdam, FedAvg, FedAvgM, FedYogi, Strategy
 
 # Every Strategy implementation. Add new ones here.

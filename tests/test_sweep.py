@@ -12,8 +12,8 @@ from types import SimpleNamespace
 
 from hydra.types import RunMode
 
-from engine.run import sweep_tracking
-from engine.settings import Tracking
+from engine.app.run import sweep_tracking
+from engine.plan import Tracking
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,11 +32,14 @@ def test_sweep_jobs_share_a_wandb_group_and_are_tagged_with_their_overrides():
     assert sweep_tracking(Tracking(), "smoke", single) == (Tracking(), [])
 
 
-def test_a_mechanism_by_seed_sweep_runs_four_jobs_into_one_table(tmp_path):
+def test_a_mechanism_by_seed_sweep_runs_four_jobs_into_one_table(tmp_path, join_session_ray):
     sweep = tmp_path / "sweep"
     args = ["experiment=smoke", "mechanism=gaussian,tree", "seed=0,1", f"hydra.sweep.dir={sweep}"]
     env = {**os.environ, "WANDB_MODE": "disabled"}
-    run = [sys.executable, "-m", "engine.run", "-m", *args, "cluster.num_cpus=2"]
+    # Each job joins the session's Ray, as a cluster's, rather than starting its own; one
+    # worker each: fewer actors to start.
+    cluster = [*join_session_ray, "cluster.num_workers=1"]
+    run = [sys.executable, "-m", "engine.app.run", "-m", *args, *cluster]
     subprocess.run(run, cwd=ROOT, env=env, check=True, timeout=300, capture_output=True)
     collect = [sys.executable, "scripts/collect_sweep.py", str(sweep)]
     proc = subprocess.run(

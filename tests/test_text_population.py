@@ -1,4 +1,4 @@
-"""engine/datasets/text.py and shakespeare.py: next-token populations."""
+"""engine/population/datasets/text.py and shakespeare.py: next-token populations."""
 
 from __future__ import annotations
 
@@ -9,17 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.datasets.shakespeare import (
-    OOV,
-    VOCAB_SIZE,
-    VOCABULARY,
-    ShakespearePopulation,
-    decode,
-    encode,
-)
-from engine.datasets.text import ZipfTextPopulation, zipf_cdf
-from engine.errors import ConfigError
-from engine.population import ClientData
+from common.errors import ConfigError
+from engine.population import ClientData, ShakespearePopulation, ZipfTextPopulation
+from engine.population.datasets.shakespeare import OOV, VOCAB_SIZE, VOCABULARY, decode, encode
+from engine.population.datasets.text import zipf_cdf
 
 
 def _zipf(**kwargs) -> ZipfTextPopulation:

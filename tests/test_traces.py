@@ -11,9 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.errors import ConfigError
-from engine.trace_files import resolve_path
-from engine.traces import IntervalTraceAvailability, cycle_to
+from common.errors import ConfigError
+from engine.population import IntervalTraceAvailability
+from engine.population.trace_files import resolve_path
+from engine.population.traces import cycle_to
 
 # Trace client 0: [10, 20) and [30, 40); client 1: no intervals; client 2: [0, 5). M = 3.
 HAND = [(0, 10.0, 20.0), (2, 0.0, 5.0), (0, 30.0, 40.0)]

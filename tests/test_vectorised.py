@@ -12,27 +12,31 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from common.errors import ConfigError
 from engine.aggregation import DenseAggregator
-from engine.client import LocalTraining, client_batches, train_client
-from engine.datasets import FemnistLikePopulation
-from engine.errors import ConfigError
-from engine.models import CNN, MLP, LogisticRegression, NextWordLM, flatten, init_parameters
-from engine.population import ClientData
-from engine.vectorised import (
-    batch_plan,
-    batched_steps,
-    max_group_size,
+from engine.population import ClientData, FemnistLikePopulation
+from engine.runtime import ClientWorker
+from engine.training import (
+    CNN,
+    MLP,
+    LocalTraining,
+    LogisticRegression,
+    NextWordLM,
+    flatten,
+    init_parameters,
     prefers_vectorised,
     supports_vectorised,
+    train_client,
     train_clients,
 )
-from engine.workers import ClientWorker
+from engine.training.client import client_batches
+from engine.training.vectorised import batch_plan, batched_steps, max_group_size
 from tests.conftest import smoke_experiment
 
 
 @contextlib.contextmanager
 def one_thread() -> Iterator[None]:
-    """One intra-op thread, as `engine.workers.ClientWorker` sets."""
+    """One intra-op thread, as `engine.runtime.workers.ClientWorker` sets."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

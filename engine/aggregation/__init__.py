@@ -8,6 +8,7 @@ releases under DP: the server densifies the total before it adds noise.
 
 from engine.aggregation.base import WEIGHTINGS, Aggregator, DenseAggregator, Partial
 from engine.aggregation.moe import MoEAggregator, MoEPartial
+from engine.aggregation.packed import PackedPartials
 from engine.aggregation.sparse import SparseAggregator, SparsePartial
 
 __all__ = [
@@ -16,6 +17,7 @@ __all__ = [
     "DenseAggregator",
     "MoEAggregator",
     "MoEPartial",
+    "PackedPartials",
     "Partial",
     "SparseAggregator",
     "SparsePartial",

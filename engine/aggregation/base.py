@@ -14,9 +14,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from engine.client import ClientUpdate
-from engine.errors import require
-from engine.models.layout import ParameterLayout, Span
+from common.errors import require
+from engine.training import ClientUpdate, ParameterLayout, Span
 
 WEIGHTINGS = ("examples", "uniform")
 

@@ -22,8 +22,7 @@ from engine.aggregation.base import (
     scatter,
     span_size,
 )
-from engine.client import ClientUpdate
-from engine.models.layout import ParameterLayout
+from engine.training import ClientUpdate, ParameterLayout
 
 
 @dataclass
@@ -157,7 +156,7 @@ class MoEAggregator(WeightedAggregator):
     untouched expert stays where it was). With DP on, the server divides every coordinate by
     the public cohort size instead, and adds noise to every coordinate. When every client
     touches every expert, this is FedAvg. Models declare their experts with
-    `expert_parameters()` (see `engine.models.layout`); without any, this is a dense sum.
+    `expert_parameters()` (see `engine.training.models.layout`); without any, this is a dense sum.
 
     Attributes:
         weighting: "uniform" weights every client 1; "examples" by its example count.

@@ -21,8 +21,7 @@ from engine.aggregation.base import (
     scatter,
     span_size,
 )
-from engine.client import ClientUpdate
-from engine.models.layout import ParameterLayout
+from engine.training import ClientUpdate, ParameterLayout
 
 
 def add_rows(
@@ -129,7 +128,7 @@ class SparseAggregator(WeightedAggregator):
     A client touches row j of a row-sparse parameter when its delta on that row is nonzero.
     The total, once densified by the server, equals the dense aggregator's (to float rounding:
     rows are summed in the same client order). Models declare their row-sparse parameters with
-    `row_sparse_parameters()` (see `engine.models.layout`); without any, this is a dense sum.
+    `row_sparse_parameters()` (see `engine.training.models.layout`); without any, a dense sum.
 
     Attributes:
         weighting: "examples" weights each client by its example count; "uniform" by 1.

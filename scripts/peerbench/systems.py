@@ -1,6 +1,6 @@
 """Running one seed of a case in one system, in a fresh subprocess with a time limit.
 
-fedray runs through its CLI (`python -m engine.run`) with its participation log on, and the
+fedray runs through its CLI (`python -m engine.app.run`) with its participation log on, and the
 cohorts it trained are read back from that log (`read_cohorts`). Each peer runs
 `scripts/peers/<peer>_workload.py` with the python of its venv, on a spec file that carries
 those cohorts when fedray ran first.
@@ -134,13 +134,13 @@ def fedray_versions() -> dict[str, str]:
 
 
 def read_cohorts(log_path: Path, rounds: int) -> Cohorts:
-    """The clients each of `rounds` rounds committed, from a participation log (`engine.ledger`).
+    """The clients each of `rounds` rounds committed, from a participation log (`read_log`).
 
     Args:
         log_path: The run's `participation.parquet`.
         rounds: Rounds of the run (a round that committed nobody has no rows).
     """
-    from engine.ledger import read_log
+    from engine.scheduling import read_log
 
     round_ids, client_ids = read_log(log_path)  # in commit order: rounds ascending
     bounds = np.searchsorted(round_ids, np.arange(1, rounds), side="left")
@@ -151,7 +151,7 @@ def run_fedray(case: Case, timeout: float) -> tuple[dict[str, Any], Cohorts]:
     """Runs `case` through fedray's CLI in a subprocess; returns its measurements and cohorts."""
     with tempfile.TemporaryDirectory(prefix="bench_peers_") as tmp:
         run_dir = Path(tmp) / "run"
-        argv = [sys.executable, "-m", "engine.run", *fedray_overrides(case, run_dir)]
+        argv = [sys.executable, "-m", "engine.app.run", *fedray_overrides(case, run_dir)]
         env = {**os.environ, "WANDB_MODE": "disabled", "WANDB_SILENT": "true"}
         run_command(argv, timeout, env)
         measured = {"versions": fedray_versions(), **fedray_measurements(run_dir)}

@@ -3,7 +3,7 @@
 Peer workloads run under the peer's own venv (see `scripts/bench_peers.py`), which holds torch,
 numpy and scipy but neither ray (Flower's pinned one aside), hydra nor wandb. They import
 fedray's population and models only, so that every system trains on the same clients, from the
-same initial weights, with the same local loop as `engine.client.train_client`: per epoch a
+same initial weights, with the same local loop as `engine.training.client.train_client`: per epoch a
 permutation of the client's examples, batches of `batch_size`, mean cross-entropy, one SGD step
 per batch. The permutations come from fedray's own stream of the client and round
 (`client_rng`), and when the spec carries fedray's cohorts (`Spec.cohorts`, read from its
@@ -36,14 +36,14 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from engine.models import init_parameters  # noqa: E402
+from common.rng import Stream, generator  # noqa: E402
 from engine.population import ClientData, Population  # noqa: E402
-from engine.rng import Stream, generator  # noqa: E402
+from engine.training import init_parameters  # noqa: E402
 
 RESULT_PREFIX = '{"bench": "peers"'
 
 # One intra-op thread per training process, as fedray's client workers run
-# (`engine.workers`): on a shared machine more threads only contend.
+# (`engine.runtime.workers`): on a shared machine more threads only contend.
 torch.set_num_threads(1)
 
 
@@ -132,12 +132,12 @@ def build_model(spec: Spec, population: Population) -> nn.Module:
 
 
 def client_rng(seed: int, round_idx: int, client_id: int) -> np.random.Generator:
-    """The shuffling stream of one client in one round: fedray's own (`engine.workers`)."""
+    """The shuffling stream of one client in one round: fedray's own (`engine.runtime.workers`)."""
     return generator(seed, Stream.CLIENT_TRAIN, round_idx, client_id)
 
 
 def train_local(model: nn.Module, data: ClientData, spec: Spec, rng: np.random.Generator) -> float:
-    """Local SGD on `data`, in place, as `engine.client.train_client` does; returns the loss sum.
+    """Local SGD on `data`, in place, as `engine.training.train_client` does; returns the loss sum.
 
     Args:
         model: The model, already holding the global weights.

@@ -1,0 +1,111 @@
+"""From a composed Hydra config to a validated `Experiment`: building its components."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import hydra
+from hydra.errors import InstantiationException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from torch import nn
+
+from common.errors import ConfigError, require
+from common.rng import require_seed
+from engine.app.fit import check_fit
+from engine.plan import Checkpointing, Cluster, Evaluation, Experiment, Privacy, Tracking, validate
+from engine.population import Population
+from engine.scheduling import ParticipationPolicy, RoundClock
+from engine.training import Faults, LocalTraining
+from mechanisms.base import Mechanism
+from mechanisms.participation import ParticipationBound
+
+T = TypeVar("T")
+
+
+def _checked(key: str, build: Callable[[], T]) -> T:
+    """Runs `build`, turning any validation failure into a `ConfigError` under `key`."""
+    try:
+        return build()
+    except ConfigError as err:
+        raise err.within(key) from None
+    except InstantiationException as err:
+        cause = err.__cause__
+        if isinstance(cause, ConfigError):
+            raise cause.within(key) from None
+        raise ConfigError(key, str(cause or err).splitlines()[0]) from None
+    except (OmegaConfBaseException, TypeError, ValueError, RuntimeError) as err:
+        raise ConfigError(key, str(err).splitlines()[0]) from None
+
+
+def as_dict(node: Any) -> dict[str, Any]:
+    """A resolved plain-dict copy of a config node."""
+    container = OmegaConf.to_container(node, resolve=True)
+    assert isinstance(container, dict)
+    return {str(key): value for key, value in container.items()}
+
+
+def _section(cfg: DictConfig, key: str, cls: Callable[..., T]) -> T:
+    return _checked(key, lambda: cls(**as_dict(cfg[key])))
+
+
+def _component(cfg: DictConfig, key: str, **injected: Any) -> Any:
+    return _checked(key, lambda: hydra.utils.instantiate(cfg[key], _convert_="all", **injected))
+
+
+def _model_factory(cfg: DictConfig, population: Population) -> Callable[[], nn.Module]:
+    shape = {"num_features": population.num_features, "num_classes": population.num_classes}
+    factory: Callable[[], nn.Module] = _checked(
+        "model", lambda: hydra.utils.instantiate(cfg.model, _partial_=True, **shape)
+    )
+    check_fit(factory, population)  # e.g. an LM on feature vectors: one line, before Ray starts
+    _checked("model", factory)  # build one now, so that impossible sizes fail before Ray starts
+    return factory
+
+
+def build_experiment(cfg: DictConfig) -> tuple[Experiment, Tracking]:
+    """Validates `cfg` and builds its components; starts nothing.
+
+    Raises:
+        ConfigError: naming the first invalid key, e.g. "rounds: must be >= 1, got -1".
+    """
+    name, seed, rounds = str(cfg.name), int(cfg.seed), int(cfg.rounds)  # typed by the schema
+    require_seed(seed)
+    require(rounds >= 1, "rounds", f"must be >= 1, got {rounds}")
+    population: Population = _component(cfg, "population")
+    participation: ParticipationPolicy = _component(cfg, "participation")
+    experiment = Experiment(
+        name=name,
+        seed=seed,
+        rounds=rounds,
+        population=population,
+        availability=_component(cfg, "availability", num_clients=population.num_clients),
+        participation=participation,
+        clock=_section(cfg, "clock", RoundClock),
+        devices=_component(cfg, "devices"),
+        model_factory=_model_factory(cfg, population),
+        training=_section(cfg, "training", LocalTraining),
+        aggregation=_component(cfg, "aggregation"),
+        strategy=_component(cfg, "strategy"),
+        mechanism=build_mechanism(cfg, rounds, participation.bound),
+        clipping=_component(cfg, "clipping"),
+        privacy=_section(cfg, "privacy", Privacy),
+        evaluation=_section(cfg, "eval", Evaluation),
+        cluster=_section(cfg, "cluster", Cluster),
+        checkpoint=_section(cfg, "checkpoint", Checkpointing),
+        faults=_section(cfg, "faults", Faults),
+    )
+    validate(experiment)
+    return experiment, _section(cfg, "tracking", Tracking)
+
+
+def build_mechanism(cfg: DictConfig, rounds: int, bound: ParticipationBound) -> Mechanism:
+    """The config's mechanism, prepared for the run's (n, k, b).
+
+    `Mechanism.prepare` optimises the factorisation here, once: the driver's accountant and the
+    server's noise then use the very same C, carried with the pickled mechanism.
+    """
+    mechanism: Mechanism = _component(cfg, "mechanism")
+    k, b = bound.resolved(rounds), bound.min_separation
+    return _checked("mechanism", lambda: mechanism.prepare(rounds, k, b))
