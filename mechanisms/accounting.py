@@ -14,10 +14,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import dp_accounting
-from dp_accounting.pld import pld_privacy_accountant
-from dp_accounting.rdp import rdp_privacy_accountant
-
 from common.errors import require
 from mechanisms.base import Mechanism, require_noise_multiplier
 from mechanisms.participation import ObservedParticipation, ParticipationBound
@@ -73,6 +69,10 @@ def epsilons(rho: float, delta: float) -> tuple[float, float]:
     """epsilon(delta) of rho-zCDP: (RDP accountant, PLD accountant)."""
     if rho == 0:
         return 0.0, 0.0
+    import dp_accounting  # imported here: 0.8 s (scipy) that a Ray worker never needs
+    from dp_accounting.pld import pld_privacy_accountant
+    from dp_accounting.rdp import rdp_privacy_accountant
+
     rdp = rdp_privacy_accountant.RdpAccountant(
         neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_SPECIAL
     )
@@ -117,6 +117,8 @@ def noise_for_epsilon(sensitivity_squared: float, target_epsilon: float, delta: 
         ConfigError: If the target is not > 0.
     """
     require(target_epsilon > 0, "target_epsilon", f"must be > 0, got {target_epsilon}")
+    import dp_accounting
+
     sigma = math.sqrt(sensitivity_squared) * dp_accounting.get_sigma_gaussian(target_epsilon, delta)
     while min(epsilons(sensitivity_squared / (2.0 * sigma**2), delta)) > target_epsilon:
         sigma *= 1.0005

@@ -7,15 +7,21 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.runtime import Simulation
+from engine.runtime import LocalBackend, Simulation
 from engine.runtime.chunks import assign, split_chunks
 from engine.training import EvalStats
 from tests.conftest import smoke_experiment
 
 
-def _train(*overrides: str, rounds: int = 3) -> tuple[np.ndarray, np.ndarray, EvalStats]:
-    """Initial weights, weights after `rounds` rounds, and their evaluation."""
-    with Simulation(smoke_experiment(*overrides)) as sim:
+def _train(
+    *overrides: str, rounds: int = 3, local: bool = False
+) -> tuple[np.ndarray, np.ndarray, EvalStats]:
+    """Initial weights, weights after `rounds` rounds, and their evaluation.
+
+    With `local`, in this process (`LocalBackend`, one worker) instead of on Ray's actors.
+    """
+    backend = LocalBackend() if local else None
+    with Simulation(smoke_experiment(*overrides), backend=backend) as sim:
         initial = sim.weights()
         for round_idx in range(rounds):
             sim.run_round(round_idx)
@@ -57,7 +63,9 @@ def test_workers_get_contiguous_runs_of_balanced_cost(costs, num_workers):
 @pytest.mark.usefixtures("ray_session")
 def test_bit_identical_weights_and_evaluation_for_1_2_and_4_workers():
     cohort = ("participation.cohort_size=37", "cluster.chunk_size=5")
-    runs = [_train(*cohort, f"cluster.num_workers={w}") for w in (1, 2, 4)]
+    # One worker in this process (the same worker code, without actors), 2 and 4 on Ray.
+    runs = [_train(*cohort, local=True)]
+    runs += [_train(*cohort, f"cluster.num_workers={w}") for w in (2, 4)]
     initial, final, stats = runs[0]
     assert not np.array_equal(initial, final)
     for other_initial, other_final, other_stats in runs[1:]:
@@ -66,7 +74,7 @@ def test_bit_identical_weights_and_evaluation_for_1_2_and_4_workers():
         assert (other_stats.count, other_stats.correct) == (stats.count, stats.correct)
         assert np.array_equal(other_stats.label_counts, stats.label_counts)
         assert other_stats.loss_sum == pytest.approx(stats.loss_sum, rel=1e-6)
-    _, reseeded, _ = _train(*cohort, "seed=1")
+    _, reseeded, _ = _train(*cohort, "seed=1", local=True)
     assert not np.array_equal(final, reseeded)
 
 
@@ -94,7 +102,7 @@ def test_per_node_reduction_sums_the_same_updates():
     # One node here: forcing per-node reducers still aggregates every client exactly once,
     # and the weights agree with server-side reduction to float tolerance.
     cohort = ("participation.cohort_size=37", "cluster.chunk_size=5", "cluster.num_workers=2")
-    _, direct, _ = _train(*cohort)
+    _, direct, _ = _train(*cohort, local=True)  # any worker count gives these weights
     _, reduced, _ = _train(*cohort, "cluster.reduce_per_node=true")
     np.testing.assert_allclose(reduced, direct, rtol=1e-5, atol=1e-6)
 
@@ -110,7 +118,7 @@ def test_gpu_requests_fall_back_to_the_cpu_without_gpus(capfd):
 def test_placement_groups_are_released():
     from ray.util.placement_group import placement_group_table
 
-    for _ in range(3):  # would deadlock on the 2 CPUs if groups leaked
+    for _ in range(2):  # the second would deadlock on the 2 CPUs if the first group leaked
         _train("cluster.num_workers=2", rounds=1)
     states = [g["state"] for g in placement_group_table().values()]
     assert states.count("CREATED") == 0
