@@ -11,10 +11,12 @@ target epsilon starts from dp-accounting's exact Gaussian calibration (`get_sigm
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
+from typing import Any
 
-from common.errors import require
+from common.errors import ConfigError, require
 from mechanisms.base import Mechanism, require_noise_multiplier
 from mechanisms.participation import ObservedParticipation, ParticipationBound
 
@@ -123,6 +125,51 @@ def noise_for_epsilon(sensitivity_squared: float, target_epsilon: float, delta: 
     while min(epsilons(sensitivity_squared / (2.0 * sigma**2), delta)) > target_epsilon:
         sigma *= 1.0005
     return sigma
+
+
+# Past this, no noise "meets" a target: the noise is so much larger than a clipped update that
+# the model cannot move; a sign of a target or delta far too small for the run.
+MAX_NOISE_MULTIPLIER = 1e6
+
+
+def calibrated(
+    mechanism: Mechanism,
+    rounds: int,
+    bound: ParticipationBound,
+    target_epsilon: float,
+    delta: float,
+) -> Mechanism:
+    """`mechanism` with the smallest noise multiplier whose planned epsilon meets the target.
+
+    The planned epsilon is `planned`'s: the policy's declared (k, b), `rounds` rounds, and the
+    mechanism's own sensitivity (its factorisation and options; `mechanism` must be prepared
+    for this (n, k, b)). Its noise multiplier on entry is ignored.
+
+    Guarantees:
+        `planned(result, rounds, bound, delta).epsilon <= target_epsilon`, and a noise
+        multiplier 0.05% smaller may not meet it (see `noise_for_epsilon`).
+
+    Raises:
+        ConfigError: under `privacy.target_epsilon` when no noise multiplier up to
+            MAX_NOISE_MULTIPLIER meets the target.
+    """
+    k, b = bound.resolved(rounds), bound.min_separation
+    sens_sq = mechanism.sensitivity_squared(rounds, k, b)
+    try:
+        sigma = noise_for_epsilon(sens_sq, target_epsilon, delta)
+    except (ArithmeticError, ValueError) as err:  # dp_accounting's search gave up
+        sigma, why = math.inf, f" ({str(err).splitlines()[0]})"
+    else:
+        why = ""
+    if not sigma <= MAX_NOISE_MULTIPLIER:
+        raise ConfigError(
+            "privacy.target_epsilon",
+            f"{target_epsilon:g} (delta {delta:g}, k={k}, b={b}, {rounds} rounds) needs a noise "
+            f"multiplier above {MAX_NOISE_MULTIPLIER:g}{why}; raise the target or delta",
+        )
+    untyped: Any = mechanism  # every noisy mechanism is a frozen dataclass
+    prepared: Mechanism = dataclasses.replace(untyped, noise_multiplier=sigma)
+    return prepared
 
 
 def observed_bound(observed: ObservedParticipation, rounds: int) -> tuple[int, int]:

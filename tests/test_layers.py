@@ -18,6 +18,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 # Top to bottom; packages in one tuple share a layer.
 LAYERS: tuple[tuple[str, ...], ...] = (
+    ("reports",),
     ("engine.app",),
     ("engine.runtime",),
     ("engine.plan",),
@@ -27,7 +28,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("mechanisms", "strategies"),
     ("common",),
 )
-TOP_LEVEL = ("engine", "mechanisms", "strategies", "common")
+TOP_LEVEL = ("reports", "engine", "mechanisms", "strategies", "common")
 
 
 def _package(module: str) -> str | None:

@@ -9,6 +9,7 @@ from typing import Any, cast
 
 import numpy as np
 import pytest
+from hydra.errors import ConfigCompositionException
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from scipy import stats
@@ -23,6 +24,7 @@ from engine.scheduling import (
 )
 from engine.scheduling.participation import sample_accepted
 from mechanisms.participation import ParticipationBound
+from tests.conftest import compose_config, smoke_experiment
 
 HOUR = 3600.0
 
@@ -320,10 +322,47 @@ def test_cyclic_bound_is_met_and_tight(num_groups, b):
     assert ledger.observed().min_separation == policy.bound.min_separation
 
 
-def test_cyclic_validation_names_the_key():
+@pytest.mark.parametrize("cls", [UniformParticipation, CyclicParticipation])
+def test_group_validation_names_the_key(cls):
     with pytest.raises(ConfigError) as info:
-        CyclicParticipation(cohort_size=1, num_groups=0)
+        cls(cohort_size=1, num_groups=0)
     assert info.value.key == "num_groups"
+
+
+def test_uniform_with_k_groups_is_cyclic_participation():
+    uniform = UniformParticipation(cohort_size=5, num_groups=4, min_separation=6)
+    cyclic = CyclicParticipation(cohort_size=5, num_groups=4, min_separation=6)
+    assert uniform.bound == cyclic.bound == ParticipationBound(None, 8)
+    assert uniform.max_cohort(103) == cyclic.max_cohort(103) == 25
+    mask = np.ones(103, dtype=bool)
+    ledgers = ParticipationLedger(103), ParticipationLedger(103)
+    for r in range(12):
+        picks = [
+            policy.select(r, 0.0, mask, ledger, np.random.default_rng(r))
+            for policy, ledger in zip((uniform, cyclic), ledgers, strict=True)
+        ]
+        assert np.array_equal(picks[0], picks[1])
+        assert np.all(picks[0] % 4 == r % 4)
+        for ledger in ledgers:
+            ledger.record(r, 0.0, picks[0])
+
+
+@pytest.mark.parametrize(
+    "policy", ["uniform", "cyclic", "min_separation", "max_participations", "hourly"]
+)
+def test_every_policy_takes_every_limit_and_a_misspelt_one_still_fails(policy):
+    limits = (
+        "participation.num_groups=2",
+        "participation.min_separation=3",
+        "participation.max_participations=4",
+        "participation.min_hours=1.5",
+    )
+    built = smoke_experiment(f"participation={policy}", *limits).participation
+    assert isinstance(built, UniformParticipation)
+    assert (built.num_groups, built.min_separation, built.max_participations) == (2, 3, 4)
+    assert built.min_hours == 1.5
+    with pytest.raises(ConfigCompositionException, match="num_grups"):
+        compose_config("experiment=smoke", f"participation={policy}", "participation.num_grups=2")
 
 
 # -- limits ------------------------------------------------------------------------------------

@@ -93,6 +93,16 @@ def test_a_private_run_releases_nothing_that_tells_neighbours_apart(
     assert audit(overrides(*case), tmp_path, audit_env) == []
 
 
+@pytest.mark.parametrize("mechanism", ["gaussian", "blt"])
+def test_a_calibrated_run_releases_nothing_that_tells_neighbours_apart(
+    mechanism: str, tmp_path: Path, audit_env: RecordingWandb
+):
+    # The solved noise multiplier (released in the summary) is a function of the config only.
+    auto = ("mechanism.noise_multiplier=auto", "privacy.target_epsilon=8")
+    case = [*overrides(mechanism, "fixed", "dense", "cyclic"), *auto]
+    assert audit(case, tmp_path, audit_env) == []
+
+
 # The audit can fail: today's leaks, put back, are caught.
 DENSE = overrides("gaussian", "fixed", "dense", "uniform")
 

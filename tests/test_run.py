@@ -43,7 +43,7 @@ def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
         ("clock.over_selection=0.5", "clock.over_selection"),
         ("clock.dropout_prob=1", "clock.dropout_prob"),
         ("availability.num_clients=5", "availability.num_clients"),  # injected, not configurable
-        ("participation.num_groups=3", "participation.num_groups"),  # only cyclic has groups
+        ("participation.num_grups=3", "participation.num_grups"),  # every policy has num_groups
         ("participation=cyclic participation.num_groups=0", "participation.num_groups"),
         ("participation=cyclic participation.num_groups=100000", "participation.cohort_size"),
         ("availability=diurnal availability.window_hours=30", "availability.window_hours"),

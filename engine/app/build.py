@@ -18,6 +18,7 @@ from engine.plan import Checkpointing, Cluster, Evaluation, Experiment, Privacy,
 from engine.population import Population
 from engine.scheduling import ParticipationPolicy, RoundClock
 from engine.training import Faults, LocalTraining
+from mechanisms.accounting import calibrated
 from mechanisms.base import Mechanism
 from mechanisms.participation import ParticipationBound
 
@@ -75,6 +76,7 @@ def build_experiment(cfg: DictConfig) -> tuple[Experiment, Tracking]:
     require(rounds >= 1, "rounds", f"must be >= 1, got {rounds}")
     population: Population = _component(cfg, "population")
     participation: ParticipationPolicy = _component(cfg, "participation")
+    privacy = _section(cfg, "privacy", Privacy)
     experiment = Experiment(
         name=name,
         seed=seed,
@@ -88,9 +90,9 @@ def build_experiment(cfg: DictConfig) -> tuple[Experiment, Tracking]:
         training=_section(cfg, "training", LocalTraining),
         aggregation=_component(cfg, "aggregation"),
         strategy=_component(cfg, "strategy"),
-        mechanism=build_mechanism(cfg, rounds, participation.bound),
+        mechanism=build_mechanism(cfg, rounds, participation.bound, privacy),
         clipping=_component(cfg, "clipping"),
-        privacy=_section(cfg, "privacy", Privacy),
+        privacy=privacy,
         evaluation=_section(cfg, "eval", Evaluation),
         cluster=_section(cfg, "cluster", Cluster),
         checkpoint=_section(cfg, "checkpoint", Checkpointing),
@@ -100,12 +102,38 @@ def build_experiment(cfg: DictConfig) -> tuple[Experiment, Tracking]:
     return experiment, _section(cfg, "tracking", Tracking)
 
 
-def build_mechanism(cfg: DictConfig, rounds: int, bound: ParticipationBound) -> Mechanism:
-    """The config's mechanism, prepared for the run's (n, k, b).
+def build_mechanism(
+    cfg: DictConfig, rounds: int, bound: ParticipationBound, privacy: Privacy | None = None
+) -> Mechanism:
+    """The config's mechanism, prepared for the run's (n, k, b), its noise solved if "auto".
 
     `Mechanism.prepare` optimises the factorisation here, once: the driver's accountant and the
-    server's noise then use the very same C, carried with the pickled mechanism.
+    server's noise then use the very same C, carried with the pickled mechanism. With
+    `mechanism.noise_multiplier=auto`, the noise multiplier is the smallest whose planned
+    epsilon meets `privacy.target_epsilon` (`mechanisms.accounting.calibrated`).
+
+    Raises:
+        ConfigError: a noise multiplier that is neither a number nor "auto", "auto" without a
+            target, or a target that no noise multiplier meets.
     """
-    mechanism: Mechanism = _component(cfg, "mechanism")
+    sigma = cfg.mechanism.get("noise_multiplier")
+    auto = sigma == "auto"
+    require(
+        sigma is None or auto or (isinstance(sigma, int | float) and not isinstance(sigma, bool)),
+        "mechanism.noise_multiplier",
+        f"must be a number or 'auto', got {sigma!r}",
+    )
+    privacy = privacy or Privacy()
+    target = privacy.target_epsilon
+    require(
+        not auto or target is not None,
+        "mechanism.noise_multiplier",
+        "auto needs privacy.target_epsilon, the epsilon to calibrate the noise to",
+    )
+    placeholder = {"noise_multiplier": 1.0} if auto else {}  # solved below, once prepared
+    mechanism: Mechanism = _component(cfg, "mechanism", **placeholder)
     k, b = bound.resolved(rounds), bound.min_separation
-    return _checked("mechanism", lambda: mechanism.prepare(rounds, k, b))
+    prepared = _checked("mechanism", lambda: mechanism.prepare(rounds, k, b))
+    if not auto or target is None:
+        return prepared
+    return calibrated(prepared, rounds, bound, target, privacy.delta)

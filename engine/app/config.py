@@ -108,9 +108,15 @@ INJECTED: dict[str, tuple[str, ...]] = {
     "mechanism": ("factorisation",),
 }
 
+# Constructor arguments that a config may also set to "auto": the build solves for them.
+CALIBRATED: dict[str, tuple[str, ...]] = {"mechanism": ("noise_multiplier",)}
+
 
 def schema_of(
-    cls: Callable[..., Any], with_target: bool = True, injected: tuple[str, ...] = ()
+    cls: Callable[..., Any],
+    with_target: bool = True,
+    injected: tuple[str, ...] = (),
+    calibrated: tuple[str, ...] = (),
 ) -> type:
     """A mutable structured-config dataclass with the fields of `cls`'s constructor.
 
@@ -118,6 +124,8 @@ def schema_of(
         cls: A class whose constructor takes only config-typed keyword arguments.
         with_target: Add a `_target_` field naming `cls`, for `hydra.utils.instantiate`.
         injected: Constructor arguments left out of the schema: the build supplies them.
+        calibrated: Constructor arguments typed `Any` (a number, or "auto" for the build to
+            solve); the build checks them.
     """
     hints = typing.get_type_hints(cls.__init__)
     fields: list[tuple[str, Any, Any]] = []
@@ -128,7 +136,8 @@ def schema_of(
         if name in injected:
             continue
         default = MISSING if param.default is inspect.Parameter.empty else param.default
-        fields.append((name, hints.get(name, Any), dataclasses.field(default=default)))
+        kind = Any if name in calibrated else hints.get(name, Any)
+        fields.append((name, kind, dataclasses.field(default=default)))
     return dataclasses.make_dataclass(f"{cls.__name__}Config", fields)
 
 
@@ -169,5 +178,7 @@ def register_configs() -> None:
         return
     store.store(name="base_config", node=Config)
     for group, option, cls in COMPONENTS:
-        node = schema_of(cls, injected=INJECTED.get(group, ()))
+        node = schema_of(
+            cls, injected=INJECTED.get(group, ()), calibrated=CALIBRATED.get(group, ())
+        )
         store.store(group=f"schema/{group}", name=option, node=node)

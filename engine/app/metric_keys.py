@@ -124,6 +124,13 @@ METRICS: tuple[Metric, ...] = (
     Metric("privacy/epsilon_pld", _P, "", "eval", "privacy/epsilon by the PLD accountant", "max"),
     Metric("privacy/delta", _P, "", "eval", "the delta of every reported epsilon"),
     Metric(
+        "privacy/noise_multiplier",
+        _P,
+        "",
+        "summary",
+        "the mechanism's noise multiplier (solved when the config said auto; 0: no noise)",
+    ),
+    Metric(
         "privacy/epsilon_observed",
         _P,
         "",
@@ -190,6 +197,13 @@ METRICS: tuple[Metric, ...] = (
         "the smallest gap between two participations of one client (null: nobody twice)",
     ),
     Metric("participation/clients_seen", _P, "clients", "summary", "clients that took part"),
+    Metric(
+        "participation/mean_participations",
+        _P,
+        "",
+        "summary",
+        "the mean participations of the clients seen",
+    ),
     Metric("final/eval_accuracy", _S, "", "summary", "eval/accuracy after the last round"),
     Metric("final/eval_loss", _S, "nats", "summary", "eval/loss after the last round"),
     Metric("final/eval_perplexity", _S, "", "summary", "eval/perplexity after the last round"),

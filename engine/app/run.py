@@ -157,6 +157,14 @@ def _app(cfg: DictConfig) -> None:
         checkpoint = checkpoint_to_resume(cfg.resume, config)
     except ConfigError as err:
         raise SystemExit(f"fedray: error: {err}") from None
+    if cfg.mechanism.get("noise_multiplier") == "auto":
+        print(
+            f"fedray: mechanism.noise_multiplier=auto solved to "
+            f"{experiment.mechanism.noise_multiplier:.6g} for privacy.target_epsilon="
+            f"{experiment.privacy.target_epsilon:g} (delta {experiment.privacy.delta:g})",
+            file=sys.stderr,
+            flush=True,
+        )
     tracking, tags = sweep_tracking(tracking, experiment.name, hydra_cfg)
     defining = OmegaConf.to_yaml(OmegaConf.create(run_defining(config)), sort_keys=True)
     try:

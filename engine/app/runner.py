@@ -107,6 +107,7 @@ def run_experiment(
             tracker_state,
             tags,
             private,
+            {"sigma": f"{experiment.mechanism.noise_multiplier:.4g}"} if private else None,
         ) as rec:
             for round_idx in range(first, experiment.rounds):
                 metrics = rec.log(_round(experiment, sim, accountant, round_idx, output_dir))
@@ -216,6 +217,7 @@ def _run_summary(
         "participation/observed_max_participations": observed.max_participations,
         "participation/observed_min_separation": observed.min_separation,
         "participation/clients_seen": observed.clients,
+        "participation/mean_participations": float(ledger.count.sum()) / max(observed.clients, 1),
         "system/driver_peak_rss_mib": peak_rss_mib(),
     }
 
@@ -228,12 +230,16 @@ def _privacy_summary(
     A resumed run recomputes both, the observed one from its ledger: nothing privacy-related
     is taken from a checkpoint's history.
     """
-    delta = experiment.privacy.delta
+    delta, sigma = experiment.privacy.delta, experiment.mechanism.noise_multiplier
     if accountant is None:
-        return {"privacy/epsilon": None, "privacy/delta": delta}
+        return {"privacy/epsilon": None, "privacy/delta": delta, "privacy/noise_multiplier": sigma}
     observed = accountant.metrics(ledger.rounds_recorded, ledger.observed())
     planned = accountant.metrics(experiment.rounds, ledger.observed())
-    return {**planned, "privacy/epsilon_observed": observed["privacy/epsilon_observed"]}
+    return {
+        **planned,
+        "privacy/epsilon_observed": observed["privacy/epsilon_observed"],
+        "privacy/noise_multiplier": sigma,
+    }
 
 
 def _figures(

@@ -37,6 +37,7 @@ class RunTracker:
             resumed.
         tags: wandb tags (a sweep's job: its overrides).
         private: The run adds noise: keys that are statistics of the clients' data are dropped.
+        pinned: Fields shown in the progress line throughout (e.g. the noise multiplier).
     """
 
     def __init__(
@@ -50,6 +51,7 @@ class RunTracker:
         state: dict[str, Any] | None = None,
         tags: Sequence[str] = (),
         private: bool = False,
+        pinned: dict[str, str] | None = None,
     ) -> None:
         self.output_dir = output_dir
         self._private = private
@@ -64,7 +66,7 @@ class RunTracker:
             disable=not tracking.progress,
             file=sys.stderr,
         )
-        self._shown: dict[str, str] = {}
+        self._shown: dict[str, str] = dict(pinned or {})
         self._wandb = None
         if tracking.mode != "disabled":
             import wandb  # Imported here: a disabled run never pays for it.

@@ -107,40 +107,50 @@ def _as_slice(universe: range) -> slice:
 class UniformParticipation(ParticipationPolicy):
     """Uniform selection among the available clients that the participation limits allow.
 
-    Limits, all read from the ledger of committed contributions:
+    Every policy takes every limit, so that a sweep over policies can share them:
+      - groups K: clients are split by id, client c in group c mod K, and only group r mod K is
+        eligible in round r (cyclic participation, Cho et al. 2023); K = 1 is plain uniform;
       - min separation b: a client that joined round r is ineligible until round r + b;
       - max participations k: no client joins more than k rounds;
       - min hours T: at most once every T hours of simulated time (the production rule).
+    Limits other than the groups are read from the ledger of committed contributions.
 
     Attributes:
         cohort_size: Clients per round.
         min_separation: b, in rounds; 1 means no limit beyond one round at a time.
         max_participations: k; None for no limit.
         min_hours: T; None for no time limit.
+        num_groups: K; 1 for no groups.
     """
 
     cohort_size: int = 100
     min_separation: int = 1
     max_participations: int | None = None
     min_hours: float | None = None
+    num_groups: int = 1
 
     def __post_init__(self) -> None:
         require(self.cohort_size >= 1, "cohort_size", f"must be >= 1, got {self.cohort_size}")
         ParticipationBound(self.max_participations, self.min_separation)  # validates k and b
         hours = self.min_hours
         require(hours is None or hours > 0, "min_hours", f"must be > 0 or null, got {hours}")
+        require(self.num_groups >= 1, "num_groups", f"must be >= 1, got {self.num_groups}")
 
     @property
     def bound(self) -> ParticipationBound:
-        """(k, b) = (max_participations, min_separation).
+        """(k, K * ceil(b / K)): with K = 1, the enforced (max_participations, min_separation).
 
         Guarantees:
-            Exactly the enforced limits, read from the ledger. The time rule (min_hours) adds
-            no round separation of its own: rounds have no fixed length in simulated time, so
-            only `min_separation` is declared (as in the Gboard DP-FTRL deployments, Xu et al.
-            2023, where the realised separation is measured after training).
+            Exactly the enforced limits, read from the ledger, and the cycle: two rounds of one
+            client differ by a multiple of K and by at least b, hence by at least K * ceil(b / K)
+            (Choquette-Choo et al. 2023, "(k, b)-participation"; cyclic participation as in Cho
+            et al. 2023, "Convergence of FL with cyclic client participation"). The time rule
+            (min_hours) adds no round separation of its own: rounds have no fixed length in
+            simulated time, so only rounds are declared (as in the Gboard DP-FTRL deployments,
+            Xu et al. 2023, where the realised separation is measured after training).
         """
-        return ParticipationBound(self.max_participations, self.min_separation)
+        k, b = self.max_participations, self.min_separation
+        return ParticipationBound(k, self.num_groups * -(-b // self.num_groups))
 
     def select(
         self,
@@ -156,16 +166,12 @@ class UniformParticipation(ParticipationPolicy):
         def accept(index: Any) -> np.ndarray:
             return mask[index] & self._eligible(index, round_idx, t, ledger)
 
-        universe = self._universe(round_idx, len(mask))
+        universe = range(round_idx % self.num_groups, len(mask), self.num_groups)
         return sample_accepted(universe, accept, self.cohort_size if size is None else size, rng)
 
     def max_cohort(self, num_clients: int) -> int:
-        """Every client."""
-        return num_clients
-
-    def _universe(self, round_idx: int, num_clients: int) -> range:
-        """The ids this round may choose from."""
-        return range(num_clients)
+        """The smallest group, N // K clients (every client when K = 1)."""
+        return num_clients // self.num_groups
 
     def _eligible(
         self, index: Any, round_idx: int, t: float, ledger: ParticipationLedger
@@ -181,41 +187,10 @@ class UniformParticipation(ParticipationPolicy):
 
 @dataclass(frozen=True)
 class CyclicParticipation(UniformParticipation):
-    """Cyclic participation (Cho et al. 2023): group r mod K is eligible in round r.
-
-    Clients are split into K groups by id, client c in group c mod K, and the cohort is
-    sampled uniformly from the available, eligible clients of the round's group.
+    """Cyclic participation (Cho et al. 2023): `UniformParticipation` with K = 4 groups by default.
 
     Attributes:
-        cohort_size: Clients per round.
-        min_separation: b, in rounds, on top of the cycle.
-        max_participations: k; None for no limit.
-        min_hours: T; None for no time limit.
         num_groups: K.
     """
 
     num_groups: int = 4
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        require(self.num_groups >= 1, "num_groups", f"must be >= 1, got {self.num_groups}")
-
-    @property
-    def bound(self) -> ParticipationBound:
-        """(k, K * ceil(b / K)): a client's rounds are all congruent to its group mod K.
-
-        Guarantees:
-            Two rounds of one client differ by a multiple of K and by at least b, hence by at
-            least K * ceil(b / K) (Choquette-Choo et al. 2023, "(k, b)-participation"; cyclic
-            participation as in Cho et al. 2023, "Convergence of FL with cyclic client
-            participation").
-        """
-        k, b = self.max_participations, self.min_separation
-        return ParticipationBound(k, self.num_groups * -(-b // self.num_groups))
-
-    def max_cohort(self, num_clients: int) -> int:
-        """The smallest group, N // K clients."""
-        return num_clients // self.num_groups
-
-    def _universe(self, round_idx: int, num_clients: int) -> range:
-        return range(round_idx % self.num_groups, num_clients, self.num_groups)
