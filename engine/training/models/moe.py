@@ -69,10 +69,20 @@ def route(probs: torch.Tensor, top_k: int, capacity: int, normalize: bool = Fals
     if normalize:
         gate = gate / gate.sum(dim=-1, keepdim=True)
     expert, gate = expert.T.reshape(-1), gate.T.reshape(-1)
-    onehot = F.one_hot(expert, num_experts)
+    onehot = _one_hot(expert, num_experts)
     position = (onehot.cumsum(dim=0) * onehot).sum(dim=-1) - 1
     token = torch.arange(num_tokens, device=probs.device).repeat(top_k)
     return Routing(expert=expert, token=token, gate=gate, keep=position < capacity)
+
+
+def _one_hot(index: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """int64 [n, num_classes] one-hot rows of `index` in [0, num_classes).
+
+    `F.one_hot` and `torch.bincount` read their input's range back to the host; on a GPU that
+    is a synchronisation per call, this is none.
+    """
+    classes = torch.arange(num_classes, device=index.device)
+    return (index[:, None] == classes).long()
 
 
 def load_balancing_loss(probs: torch.Tensor, first_choice: torch.Tensor) -> torch.Tensor:
@@ -81,7 +91,7 @@ def load_balancing_loss(probs: torch.Tensor, first_choice: torch.Tensor) -> torc
     Equals 1 when both the first choices and the mean probabilities are uniform.
     """
     num_tokens, num_experts = probs.shape
-    share = torch.bincount(first_choice, minlength=num_experts).to(probs.dtype) / num_tokens
+    share = _one_hot(first_choice, num_experts).sum(dim=0).to(probs.dtype) / num_tokens
     return num_experts * torch.sum(share * probs.mean(dim=0))
 
 
@@ -125,32 +135,42 @@ class MixtureOfExperts(nn.Module):
     def _reset_stats(self) -> None:
         self._served = np.zeros(len(self.experts), np.int64)
         self._dropped = 0
-        self._entropy_sum = 0.0
+        self._entropy_sum: float | torch.Tensor = 0.0  # a float64 tensor once a batch is seen
         self._tokens = 0
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Outputs [T, d] and the load-balancing loss of tokens [T, d]."""
+        """Outputs [T, d] and the load-balancing loss of tokens [T, d].
+
+        The kept assignments are grouped by expert with one stable sort, each group in
+        assignment order, and their sizes are the one value read back to the host per call (on
+        a GPU, one synchronisation rather than one per expert).
+        """
         probs = torch.softmax(self.router(x), dim=-1)
-        capacity = expert_capacity(len(x), len(self.experts), self.top_k, self.capacity_factor)
+        num_experts = len(self.experts)
+        capacity = expert_capacity(len(x), num_experts, self.top_k, self.capacity_factor)
         routing = route(probs, self.top_k, capacity, self.normalize_gates)
+        slot = torch.where(routing.keep, routing.expert, num_experts)  # dropped: slot E
+        order = torch.argsort(slot, stable=True)
+        sizes = _one_hot(slot, num_experts + 1).sum(dim=0).tolist()
         out = torch.zeros_like(x)
-        for index, expert in enumerate(self.experts):
-            chosen = (routing.expert == index) & routing.keep
-            tokens = routing.token[chosen]
-            if len(tokens):
-                weighted = expert(x[tokens]) * routing.gate[chosen, None]
-                out = out.index_add(0, tokens, weighted)
+        start = 0
+        for expert, size in zip(self.experts, sizes, strict=False):  # sizes[E]: the dropped
+            if size:
+                chosen = order[start : start + size]
+                tokens = routing.token[chosen]
+                out = out.index_add(0, tokens, expert(x[tokens]) * routing.gate[chosen, None])
+            start += size
         with torch.no_grad():
-            kept = routing.expert[routing.keep].cpu().numpy()
-            self._served += np.bincount(kept, minlength=len(self.experts))
-            self._dropped += int((~routing.keep).sum())
-            self._entropy_sum += float(torch.special.entr(probs).sum())
+            self._served += np.asarray(sizes[:num_experts], np.int64)
+            self._dropped += sizes[num_experts]
+            entropy = torch.special.entr(probs).sum().to(torch.float64)
+            self._entropy_sum = self._entropy_sum + entropy
             self._tokens += len(x)
         return out, load_balancing_loss(probs, routing.expert[: len(x)])
 
     def take_stats(self) -> tuple[np.ndarray, int, float, int]:
         """(assignments served per expert, dropped, router entropy sum, tokens); then resets."""
-        stats = (self._served, self._dropped, self._entropy_sum, self._tokens)
+        stats = (self._served, self._dropped, float(self._entropy_sum), self._tokens)
         self._reset_stats()
         return stats
 
