@@ -18,7 +18,13 @@ from typing import Any
 
 from common.errors import ConfigError, require
 from mechanisms.base import Mechanism, require_noise_multiplier
-from mechanisms.participation import ObservedParticipation, ParticipationBound
+from mechanisms.ddp.accounting import ddp_epsilon, rdp_per_round
+from mechanisms.ddp.mechanism import DistributedMechanism
+from mechanisms.participation import (
+    ObservedParticipation,
+    ParticipationBound,
+    participations_that_fit,
+)
 
 
 @dataclass(frozen=True)
@@ -97,9 +103,29 @@ def privacy_cost(
     sigma = mechanism.noise_multiplier
     require_noise_multiplier(sigma, "mechanism.noise_multiplier")
     sens_sq = mechanism.sensitivity_squared(rounds, max_participations, min_separation)
+    if isinstance(mechanism, DistributedMechanism):
+        return _distributed_cost(mechanism, rounds, max_participations, min_separation, delta)
     rho = sens_sq / (2.0 * sigma**2)
     rdp, pld = epsilons(rho, delta)
     return PrivacyCost(rounds, max_participations, min_separation, sens_sq, rho, rdp, pld, delta)
+
+
+def _distributed_cost(
+    mechanism: DistributedMechanism, rounds: int, k: int, b: int, delta: float
+) -> PrivacyCost:
+    """The cost of a distributed mechanism: its RDP (`mechanisms.ddp.accounting`), k rounds.
+
+    Its noise is independent every round, so a client is charged for the participations that
+    fit, min(k, ceil(n / b)). Both epsilons are the RDP one (the distributed mechanisms have no
+    PLD accounting here); rho is the largest RDP(alpha) / alpha over the proven orders.
+    """
+    params, choice = mechanism.configuration
+    fit = participations_that_fit(rounds, b, k)
+    one = rdp_per_round(params, choice)
+    epsilon = ddp_epsilon(params, choice, fit, delta)
+    rho = max(fit * value / alpha for alpha, value in one.items())
+    sens_sq = mechanism.sensitivity_squared(rounds, k, b)
+    return PrivacyCost(rounds, k, b, sens_sq, rho, epsilon, epsilon, delta)
 
 
 def noise_for_epsilon(sensitivity_squared: float, target_epsilon: float, delta: float) -> float:

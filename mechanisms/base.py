@@ -21,6 +21,7 @@ import torch
 
 from common.errors import require
 from common.rng import Stream, require_seed, torch_generator
+from mechanisms.participation import participations_that_fit
 
 NOISE_SEEDS = ("seeded", "secret")
 SECRET_SEED_BITS = 128
@@ -236,6 +237,20 @@ class Mechanism(ABC):
 
         Patterns are sets of at most k rounds in [0, rounds), any two at least b apart.
         """
+
+
+class IndependentNoise(Mechanism):
+    """C = I: independent noise every round (Gaussian, no noise, the distributed mechanisms)."""
+
+    def matrices(self, rounds: int) -> tuple[np.ndarray, np.ndarray]:
+        """C = C_inv = I: one fresh row of noise per round."""
+        return np.eye(rounds), np.eye(rounds)
+
+    def sensitivity_squared(
+        self, rounds: int, max_participations: int, min_separation: int
+    ) -> float:
+        """As for C = I: the participations that fit, min(k, ceil(n / b))."""
+        return float(participations_that_fit(rounds, min_separation, max_participations))
 
 
 @dataclass(frozen=True)

@@ -5,15 +5,19 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
-from mechanisms.base import NoiseState, NoisyMechanism, add_noise, standard_normal
-from mechanisms.participation import participations_that_fit
+from mechanisms.base import (
+    IndependentNoise,
+    NoiseState,
+    NoisyMechanism,
+    add_noise,
+    standard_normal,
+)
 
 
 @dataclass(frozen=True)
-class GaussianMechanism(NoisyMechanism):
+class GaussianMechanism(IndependentNoise, NoisyMechanism):
     """Adds independent N(0, sigma^2) noise to every coordinate of every round: C = I.
 
     Round t's noise is sigma * z_t with z_t drawn from the stream (seed, NOISE, t), so it depends
@@ -56,13 +60,3 @@ class GaussianMechanism(NoisyMechanism):
     def row_keys(self, rounds: int) -> list[tuple[int, ...]]:
         """The NOISE-stream keys of the rows of `matrices(rounds)`'s C, in order: (t,)."""
         return [(t,) for t in range(rounds)]
-
-    def matrices(self, rounds: int) -> tuple[np.ndarray, np.ndarray]:
-        """C = C_inv = I: one fresh row of noise per round."""
-        return np.eye(rounds), np.eye(rounds)
-
-    def sensitivity_squared(
-        self, rounds: int, max_participations: int, min_separation: int
-    ) -> float:
-        """As for C = I: the number of participations that fit, min(k, ceil(n / b))."""
-        return float(participations_that_fit(rounds, min_separation, max_participations))

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from common.errors import require
-from mechanisms.base import Mechanism, NoiseState
-from mechanisms.participation import participations_that_fit
+from mechanisms.base import IndependentNoise, NoiseState
 
 
 @dataclass(frozen=True)
-class NoNoise(Mechanism):
+class NoNoise(IndependentNoise):
     """Releases the exact sum.
 
     Guarantees:
@@ -38,13 +36,3 @@ class NoNoise(Mechanism):
     ) -> tuple[torch.Tensor, NoiseState]:
         """Identity, any round, and the state as it was."""
         return total, state
-
-    def matrices(self, rounds: int) -> tuple[np.ndarray, np.ndarray]:
-        """C = C_inv = I (scaled by a zero noise multiplier)."""
-        return np.eye(rounds), np.eye(rounds)
-
-    def sensitivity_squared(
-        self, rounds: int, max_participations: int, min_separation: int
-    ) -> float:
-        """As for C = I: the number of participations that fit."""
-        return float(participations_that_fit(rounds, min_separation, max_participations))

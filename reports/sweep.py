@@ -74,7 +74,10 @@ def read_summary(job: Path) -> Row:
 
 
 def parse_overrides(overrides: Iterable[Any]) -> Row:
-    """`override/<key>` for each `key=value` (prefixes `+`, `++`, `~` stripped, `hydra*` out)."""
+    """`override/<key>` for each `key=value` (prefixes `+`, `++`, `~` stripped, `hydra*` out).
+
+    Values that read as numbers are numbers, so that a swept number can be an axis.
+    """
     parsed: Row = {}
     for override in map(str, overrides):
         key, sep, value = override.partition("=")
@@ -82,8 +85,18 @@ def parse_overrides(overrides: Iterable[Any]) -> Row:
         key = key.lstrip("+~").strip()
         if key == "hydra" or key.startswith(("hydra.", "hydra/")):
             continue
-        parsed[f"override/{key}"] = value if sep or not deleted else "~"
+        parsed[f"override/{key}"] = _number_or_text(value) if sep or not deleted else "~"
     return parsed
+
+
+def _number_or_text(value: str) -> Any:
+    """An override's value: an int or a float when it reads as one (`bits=12`), else the text."""
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
 
 
 def read_choices(job: Path) -> Row:

@@ -23,8 +23,13 @@ One JSON line goes to stdout: `{"jobs", "failed", "csv", "parquet" (or null), "p
 "png_rounds", "markdown", "groups"}` (`groups`: the swept override keys).
 
 Usage:
-    python scripts/collect_sweep.py SWEEP_DIR [--out DIR] [--x privacy/epsilon]
+    python scripts/collect_sweep.py SWEEP_DIR [SWEEP_DIR ...] [--out DIR] [--x privacy/epsilon]
         [--y final/eval_accuracy] [--by auto]
+
+More SWEEP_DIRs (other sweeps, or single runs) join the first one's table, e.g. a central run
+as the reference line of a sweep over bits:
+    python scripts/collect_sweep.py multirun/ddp_bits/<date> outputs/central/<date>
+        --x override/mechanism.bits
 
 The default X, `privacy/epsilon`, is each run's planned guarantee (from its policy's declared
 participation bound); `--x privacy/epsilon_observed` plots the ledger's after-the-fact figure.
@@ -38,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -80,8 +86,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog=PROG, description="Collect a Hydra multirun sweep into one table and plots."
     )
-    parser.add_argument("sweep_dir", type=Path, help="the sweep directory (hydra.sweep.dir)")
-    parser.add_argument("--out", type=Path, help="output directory (default: SWEEP_DIR)")
+    parser.add_argument(
+        "sweep_dirs",
+        type=Path,
+        nargs="+",
+        metavar="SWEEP_DIR",
+        help="the sweep directory (hydra.sweep.dir); more sweeps or runs join its table",
+    )
+    parser.add_argument("--out", type=Path, help="output directory (default: the first SWEEP_DIR)")
     parser.add_argument(
         "--x", default="privacy/epsilon", help="column on the x axis (default: planned epsilon)"
     )
@@ -101,15 +113,20 @@ def sweep_title(sweep: Path, jobs: int, failed: int) -> str:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Collects, writes and plots; returns the stdout summary. Raises CollectError."""
-    sweep: Path = args.sweep_dir
-    if not sweep.is_dir():
-        raise CollectError(f"sweep dir not found: {sweep}")
-    jobs = find_jobs(sweep)
+    sweeps: list[Path] = args.sweep_dirs
+    for sweep in sweeps:
+        if not sweep.is_dir():
+            raise CollectError(f"sweep dir not found: {sweep}")
+    # Jobs are named relative to the sweeps' common parent (the sweep itself when alone).
+    root = Path(os.path.commonpath([s.resolve() for s in sweeps])) if len(sweeps) > 1 else sweeps[0]
+    jobs = [job.resolve() if len(sweeps) > 1 else job for s in sweeps for job in find_jobs(s)]
+    named = " ".join(map(str, sweeps))
     if not jobs:
-        raise CollectError(f"no Hydra job (a dir with .hydra/overrides.yaml) under {sweep}")
-    rows, failed = collect(sweep, jobs, warn)
+        raise CollectError(f"no Hydra job (a dir with .hydra/overrides.yaml) under {named}")
+    rows, failed = collect(root, jobs, warn)
     if not rows:
-        raise CollectError(f"none of the {len(jobs)} jobs under {sweep} has a summary.json")
+        raise CollectError(f"none of the {len(jobs)} jobs under {named} has a summary.json")
+    sweep = sweeps[0]
     header = columns(rows)
     by = None if args.by == AUTO else args.by
     for option, name in (("--x", args.x), ("--y", args.y), ("--by", by)):
@@ -129,7 +146,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     note = delta_note(args.x, rows)
     draw_privacy_utility(chart, (args.x, args.y), note, title, out / PNG_NAME)
     column = round_column(args.y)
-    lines = round_series(sweep, rows, column, group, warn)
+    lines = round_series(root, rows, column, group, warn)
     labels = Labels("round", f"{column} (mean, min-max)", title)
     draw_rounds(lines, labels, by or "group", out / ROUNDS_PNG_NAME)
     return {

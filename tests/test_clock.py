@@ -222,3 +222,20 @@ def test_validation_names_the_key(kwargs, key):
 )
 def test_validation_accepts_the_edges(kwargs):
     RoundClock(**kwargs)
+
+
+def test_secure_aggregation_costs_enter_the_clock():
+    selected = np.arange(4, dtype=np.int64)
+    durations = np.array([10.0, 20.0, 95.0, 30.0])
+    dropped = np.zeros(4, dtype=bool)
+    plain = RoundClock(deadline_s=100.0, min_report_fraction=0.5)
+    secagg = RoundClock(
+        deadline_s=100.0, min_report_fraction=0.5, secagg_client_s=8.0, secagg_interaction_s=50.0
+    )
+    before = plain.outcome(selected, durations, dropped, 4)
+    after = secagg.outcome(selected, durations, dropped, 4)
+    assert before.stragglers == 0 and after.stragglers == 1  # 95 + 8 s misses the deadline
+    assert list(after.reported) == [0, 1, 3]
+    assert after.counts and after.duration_s == pytest.approx(100.0 + 50.0)  # deadline + unmask
+    lone = secagg.outcome(selected[:1], durations[:1], dropped[:1], 4)
+    assert not lone.counts and lone.duration_s == pytest.approx(100.0)  # no unmasking round

@@ -358,8 +358,8 @@ def test_swept_keys_leave_out_seed_hydra_and_constant_overrides() -> None:
     rows = [parse_overrides(o) for o in overrides]
     assert rows[0] == {
         "override/participation": "cyclic",
-        "override/rounds": "5",
-        "override/seed": "0",
+        "override/rounds": 5,
+        "override/seed": 0,
         "override/foo": "~",
     }
     assert swept_keys(rows) == ["participation", "mechanism"]  # absent in some: swept
@@ -509,3 +509,31 @@ def test_command_line_on_a_sweep_at_one_epsilon(target_sweep: Path, tmp_path: Pa
     ]
     _, rows = read_csv(out / "sweep.csv")
     assert [r["group"] for r in rows] == [g for g in LABELS for _ in range(2)]
+
+
+def test_more_sweep_dirs_join_the_table_and_a_central_run_is_the_reference_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bits_sweep, central = tmp_path / "multirun" / "bits", tmp_path / "outputs" / "central"
+    for i, bits in enumerate((12, 16, 20)):
+        overrides = ["mechanism=ddp_skellam", f"mechanism.bits={bits}"]
+        summary = summary_of(2.0 + 1.0 / bits, 0.5 + bits / 100, 0)
+        write_job(bits_sweep / str(i), overrides, {"mechanism": "ddp_skellam"}, {}, summary)
+    write_job(
+        central, ["mechanism=gaussian"], {"mechanism": "gaussian"}, {}, summary_of(2.0, 0.72, 0)
+    )
+    status, stdout, stderr = main(
+        capsys, bits_sweep, central, "--x", "override/mechanism.bits", "--out", tmp_path / "out"
+    )
+    assert status == 0, stderr
+    _, rows = read_csv(tmp_path / "out" / "sweep.csv")
+    assert [r["job"] for r in rows] == [
+        "multirun/bits/0",
+        "multirun/bits/1",
+        "multirun/bits/2",
+        "outputs/central",
+    ]
+    groups = [f"mechanism=ddp_skellam mechanism.bits={bits}" for bits in (12, 16, 20)]
+    assert [r["group"] for r in rows] == [*groups, "mechanism=gaussian"]
+    chart = json.loads(stdout)
+    assert chart["jobs"] == 4 and Path(chart["png"]).read_bytes()[:8] == PNG_MAGIC

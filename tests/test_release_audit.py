@@ -103,6 +103,25 @@ def test_a_calibrated_run_releases_nothing_that_tells_neighbours_apart(
     assert audit(case, tmp_path, audit_env) == []
 
 
+DISTRIBUTED = list(itertools.product(("ddp_gaussian", "ddp_skellam"), POLICIES))
+
+
+@pytest.mark.parametrize("case", DISTRIBUTED, ids=["-".join(case) for case in DISTRIBUTED])
+def test_a_distributed_run_releases_nothing_that_tells_neighbours_apart(
+    case: tuple[str, str], tmp_path: Path, audit_env: RecordingWandb
+):
+    # Secure aggregation: fixed clipping and dense sums only (the others are refused).
+    mechanism, policy = case
+    assert (
+        audit(
+            [*overrides(mechanism, "fixed", "dense", policy), "mechanism.bits=20"],
+            tmp_path,
+            audit_env,
+        )
+        == []
+    )
+
+
 # The audit can fail: today's leaks, put back, are caught.
 DENSE = overrides("gaussian", "fixed", "dense", "uniform")
 

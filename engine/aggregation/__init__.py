@@ -9,6 +9,7 @@ releases under DP: the server densifies the total before it adds noise.
 from engine.aggregation.base import WEIGHTINGS, Aggregator, DenseAggregator, Partial
 from engine.aggregation.moe import MoEAggregator, MoEPartial
 from engine.aggregation.packed import PackedPartials
+from engine.aggregation.secure import ModularPartial, SecureAggregator
 from engine.aggregation.sparse import SparseAggregator, SparsePartial
 
 __all__ = [
@@ -17,8 +18,10 @@ __all__ = [
     "DenseAggregator",
     "MoEAggregator",
     "MoEPartial",
+    "ModularPartial",
     "PackedPartials",
     "Partial",
+    "SecureAggregator",
     "SparseAggregator",
     "SparsePartial",
 ]

@@ -151,6 +151,10 @@ class Aggregator(ABC):
                 expert blocks are. None means a plain vector with no such blocks.
         """
 
+    def seal(self, partial: Partial, round_idx: int, client_ids: Sequence[int]) -> Partial:
+        """The chunk's partial as it leaves the worker (secure aggregation encodes it here)."""
+        return partial
+
     def reduce(self, partials: Sequence[Partial], dim: int) -> Partial:
         """Sums partials in the order given (callers pass chunk order)."""
         total = self.zeros(dim, partials[0].layout if partials else None)

@@ -14,6 +14,7 @@ from torch import nn
 from common.errors import ConfigError, require
 from common.rng import require_seed
 from engine.app.fit import check_fit
+from engine.app.secagg import with_secure_aggregation
 from engine.plan import Checkpointing, Cluster, Evaluation, Experiment, Privacy, Tracking, validate
 from engine.population import Population
 from engine.scheduling import ParticipationPolicy, RoundClock
@@ -98,6 +99,8 @@ def build_experiment(cfg: DictConfig) -> tuple[Experiment, Tracking]:
         checkpoint=_section(cfg, "checkpoint", Checkpointing),
         faults=_section(cfg, "faults", Faults),
     )
+    auto = cfg.mechanism.get("noise_multiplier") == "auto"
+    experiment = with_secure_aggregation(experiment, privacy.target_epsilon if auto else None)
     validate(experiment)
     return experiment, _section(cfg, "tracking", Tracking)
 

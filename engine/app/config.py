@@ -49,6 +49,7 @@ from engine.training import (
 from mechanisms.banded import BandedMechanism
 from mechanisms.blt import BltMechanism
 from mechanisms.clipping import AdaptiveClipping, FixedClipping, NoClipping
+from mechanisms.ddp.mechanism import DDGaussMechanism, SkellamMechanism
 from mechanisms.gaussian import GaussianMechanism
 from mechanisms.noiseless import NoNoise
 from mechanisms.tree import TreeMechanism
@@ -95,6 +96,8 @@ COMPONENTS: tuple[tuple[str, str, Callable[..., Any]], ...] = (
     ("mechanism", "tree", TreeMechanism),
     ("mechanism", "banded_mf", BandedMechanism),
     ("mechanism", "blt", BltMechanism),
+    ("mechanism", "ddp_gaussian", DDGaussMechanism),
+    ("mechanism", "ddp_skellam", SkellamMechanism),
     ("clipping", "none", NoClipping),
     ("clipping", "fixed", FixedClipping),
     ("clipping", "adaptive", AdaptiveClipping),
@@ -105,7 +108,7 @@ COMPONENTS: tuple[tuple[str, str, Callable[..., Any]], ...] = (
 INJECTED: dict[str, tuple[str, ...]] = {
     "availability": ("num_clients",),
     "model": ("num_features", "num_classes"),
-    "mechanism": ("factorisation",),
+    "mechanism": ("factorisation", "params", "choice"),
 }
 
 # Constructor arguments that a config may also set to "auto": the build solves for them.

@@ -130,7 +130,7 @@ class ClientWorker:
                     partial.add(dataclasses.replace(update, delta=delta), 1.0, bit)
                 elif update is not None and finite:
                     partial.add(update, self._aggregator.client_weight(update))
-            partials.append(partial)
+            partials.append(self._aggregator.seal(partial, round_idx, chunk.tolist()))
         first_client = int(chunks[0][0]) if chunks and len(chunks[0]) else -1
         self._faults.maybe_crash(self._seed, round_idx, first_client)  # before returning
         return partials

@@ -40,6 +40,10 @@ class RoundClock:
             private run never times a client by its own count, which is its data: with None it
             times every client for `PRIVATE_TIMED_EXAMPLES`, so that who reports in time, the
             cohort that follows and the simulated clock depend on no client's data.
+        secagg_client_s: Secure aggregation's extra seconds per client (key agreement, masking
+            and encoding), added to its compute: with it a client may become a straggler.
+        secagg_interaction_s: Seconds of secure aggregation's rounds of interaction after the
+            reports (the unmasking rounds), added to every attempt that gathers enough.
 
     Guarantees:
         With `timed_examples` set (as a private run always has it), which clients report and
@@ -56,6 +60,8 @@ class RoundClock:
     max_attempts: int = 100
     start_h: float = 0.0
     timed_examples: int | None = None
+    secagg_client_s: float = 0.0
+    secagg_interaction_s: float = 0.0
 
     def __post_init__(self) -> None:
         require(self.deadline_s > 0, "deadline_s", f"must be > 0, got {self.deadline_s}")
@@ -67,6 +73,8 @@ class RoundClock:
         require(self.retry_after_s >= 0, "retry_after_s", "must be >= 0")
         require(self.max_attempts >= 1, "max_attempts", "must be >= 1")
         require(self.start_h >= 0, "start_h", "must be >= 0")
+        require(self.secagg_client_s >= 0, "secagg_client_s", "must be >= 0")
+        require(self.secagg_interaction_s >= 0, "secagg_interaction_s", "must be >= 0")
         timed = self.timed_examples
         require(timed is None or timed >= 1, "timed_examples", f"must be >= 1, got {timed}")
 
@@ -108,18 +116,21 @@ class RoundClock:
             dropped: Bool, each one's mid-round dropout.
             cohort_size: Reports the server keeps.
         """
+        durations = durations + self.secagg_client_s
         on_time = ~dropped & (durations <= self.deadline_s)
         order = np.argsort(durations[on_time], kind="stable")[:cohort_size]
         reported = np.sort(selected[on_time][order])
         full = len(order) == cohort_size
         training_s = float(durations[on_time][order[-1]]) if full else self.deadline_s
+        counts = len(reported) >= self.min_reports(cohort_size)
+        secagg_s = self.secagg_interaction_s if counts else 0.0
         return AttemptOutcome(
             reported=reported,
             dropped=int(np.count_nonzero(dropped)),
             stragglers=int(np.count_nonzero(~dropped & (durations > self.deadline_s))),
             late=int(np.count_nonzero(on_time)) - len(reported),
-            duration_s=self.checkin_s + training_s,
-            counts=len(reported) >= self.min_reports(cohort_size),
+            duration_s=self.checkin_s + training_s + secagg_s,
+            counts=counts,
         )
 
 
