@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from common.errors import ConfigError
+from engine.aggregation import secure
 from engine.aggregation.secure import ModularPartial, SecureAggregator
 from engine.app.build import build_experiment
 from engine.plan import Experiment
@@ -15,6 +16,7 @@ from engine.runtime import LocalBackend, Simulation
 from engine.training import ClientUpdate
 from mechanisms.ddp.codec import CodecSpec
 from mechanisms.ddp.mechanism import DistributedMechanism
+from mechanisms.ddp.rotation import padded_dim
 from tests.conftest import compose_config, run_composed, smoke_experiment
 
 DDP = ("mechanism=ddp_skellam", "mechanism.bits=20", "participation.cohort_size=20")
@@ -149,3 +151,15 @@ def test_a_round_with_fewer_survivors_than_the_noise_assumes_is_retried_not_rele
         rounds = [sim.run_round(r) for r in range(3)]
     assert all(m["participation/clients_aggregated"] >= n_min for m in rounds)
     assert any(m["participation/attempts"] > 1 for m in rounds)  # a short round was retried
+
+
+def test_a_chunk_of_many_clients_is_encoded_group_by_group_to_the_same_sum(monkeypatch):
+    experiment = smoke_experiment(*DDP, "mechanism=ddp_gaussian")
+    _, codec = _secure(experiment)
+    rows = np.random.default_rng(2).normal(size=(7, codec.dim)).astype(np.float32)
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    (whole,) = _partials(experiment, [list(range(7))], rows)
+    monkeypatch.setattr(secure, "ENCODE_COORDINATES", 2 * padded_dim(codec.dim))  # 2 at a time
+    (grouped,) = _partials(experiment, [list(range(7))], rows)
+    assert np.array_equal(whole.modular_sum, grouped.modular_sum)
+    assert np.array_equal(whole.unreduced, grouped.unreduced)

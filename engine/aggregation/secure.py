@@ -21,6 +21,9 @@ from mechanisms.ddp.codec import CodecSpec, add_mod, decode, encode_chunk, wrapp
 from mechanisms.ddp.rotation import padded_dim, rotation_signs
 
 SHARES = 2  # NOISE-stream key of the clients' noise shares (1: the rotation's signs)
+# Coordinates of the clients' updates stacked for one encoding call: a chunk of many clients
+# of a large model is encoded group by group, never copied whole.
+ENCODE_COORDINATES = 1 << 24
 
 
 @dataclass
@@ -141,14 +144,16 @@ class SecureAggregator(DenseAggregator):
             raise ValueError("seal takes this aggregator's partial of the chunk's clients")
         codec = partial._codec()
         partial.seed, partial.round_idx = self.seed, round_idx
-        if partial.rows:
-            rows = torch.from_numpy(np.stack(partial.rows))
-            rngs = [generator(self.seed, Stream.NOISE, SHARES, round_idx, c) for c in client_ids]
-            signs = rotation_signs(self.seed, round_idx, padded_dim(codec.dim))
+        signs = rotation_signs(self.seed, round_idx, padded_dim(codec.dim))
+        group = max(1, ENCODE_COORDINATES // padded_dim(codec.dim))  # rows stacked at a time
+        for start in range(0, len(client_ids), group):
+            ids = client_ids[start : start + group]
+            rows = torch.from_numpy(np.stack(partial.rows[start : start + group]))
+            rngs = [generator(self.seed, Stream.NOISE, SHARES, round_idx, c) for c in ids]
             encoded = encode_chunk(rows, signs, codec, rngs, wide=True)
-            partial.modular_sum = encoded.total
-            partial.rounding_retries = encoded.retries
             assert encoded.wide is not None
-            partial.unreduced = encoded.wide
+            partial.modular_sum = add_mod(partial.modular_sum, encoded.total, codec.bits)
+            partial.rounding_retries += encoded.retries
+            partial.unreduced = partial.unreduced + encoded.wide
         partial.rows = []
         return partial
