@@ -132,9 +132,10 @@ def span_size(spans: tuple[Span, ...]) -> int:
 class Aggregator(ABC):
     """Extension point: how updates are weighted, accumulated and reduced.
 
-    The worker makes one partial per chunk with `zeros`, adds its clipped clients to it, and
-    the server `reduce`s the partials in chunk order; the server then privatises the total's
-    `dense_sum()`, so with DP on every coordinate of the release gets noise.
+    The worker makes one partial per chunk with `zeros`, adds its clipped clients to it and
+    `seal`s it (secure aggregation encodes it there); the server `reduce`s the partials in chunk
+    order and then privatises the total's `dense_sum()`, so with DP on every coordinate of the
+    release gets noise.
     """
 
     @abstractmethod
