@@ -35,6 +35,15 @@ PRIVATE = (
     "availability=diurnal",
     "tracking.participation_log=true",
 )
+# Distributed DP: the clients' shares and the modular sums must resume to the same model too.
+DISTRIBUTED = (
+    "mechanism=ddp_skellam",
+    "mechanism.noise_multiplier=2",
+    "mechanism.bits=20",
+    "strategy=fedadam",
+    "participation=min_separation",
+    "participation.min_separation=2",
+)
 
 
 class Killed(BaseException):
@@ -73,7 +82,13 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., dic
 
 @pytest.mark.parametrize(
     ("overrides", "kill_at", "moved"),
-    [((), 3, ()), (PRIVATE, 5, ()), (PRIVATE, 2, ()), (PRIVATE, 3, ("cluster.num_workers=1",))],
+    [
+        ((), 3, ()),
+        (PRIVATE, 5, ()),
+        (PRIVATE, 2, ()),
+        (PRIVATE, 3, ("cluster.num_workers=1",)),
+        (DISTRIBUTED, 3, ()),
+    ],
 )
 def test_a_killed_run_resumes_to_the_same_model(
     request, tmp_path, monkeypatch, uninterrupted, overrides, kill_at, moved
