@@ -1,8 +1,8 @@
 """mechanisms/ddp/params.py and accounting.py: the scale choice and the RDP of DDGauss/Skellam.
 
-Golden vectors. Google's reference (google-research/federated, distributed_dp/accounting_utils.py)
-needs TensorFlow, so it cannot run here. `_independent` re-derives every number the way the
-reference computes it, in its own parametrisation and not the module's, with mpmath at 50 digits:
+Golden vectors. `_independent` re-derives every number the way Google's reference
+(google-research/federated, distributed_dp/accounting_utils.py) computes it, in its own
+parametrisation and not the module's, with mpmath at 50 digits:
 
 * the scale by bisection on the no-wrap condition k sqrt(var(s)) = 2**(bits - 1) (the module
   uses the closed form), var(s) as the reference's `heuristic_scale_factor` (rho = 1, the
@@ -20,6 +20,12 @@ reference computes it, in its own parametrisation and not the module's, with mpm
 
 GOLDEN holds what `_independent` printed (10 significant digits); `test_golden_vectors_are_
 reproduced_independently` recomputes them, so the literals cannot drift from the formulas.
+
+The reference itself agrees on all 8 settings to the 10 digits kept (2026-12-04): its
+`heuristic_scale_factor`, `rounded_l2_norm_bound`, `ddgauss_epsilon` and `skellam_epsilon` at
+commit 5e27a86 (q = 1, orders 2..128 and 256), run outside this repository with tf-privacy's
+`get_privacy_spent` (the only TensorFlow dependency on that path) replaced by dp_accounting's
+`compute_epsilon`, the same conversion. The reference's code is not in this repository.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from common.errors import require
-from mechanisms.ddp.rotation import _rotate_raw, padded_dim, unrotate
+from mechanisms.ddp.rotation import padded_dim, rotate_raw, unrotate
 from mechanisms.ddp.rounding import round_rows
 from mechanisms.ddp.samplers import MAX_MU, MAX_SIGMA, discrete_gaussian, skellam
 
@@ -178,24 +178,31 @@ def encode_chunk(
     # On a CPU, blocks of clients of about 2**20 coordinates in all (measured 2-4x faster than
     # one block of many clients at d' = 2**20).
     block = n if updates.device.type != "cpu" else max(1, _CPU_BLOCK // spec.padded)
+    # Buffers reused by every block: fresh large tensors per client would cost page faults.
+    shape = (min(block, n), spec.padded)
+    workspace = torch.empty((2, *shape), dtype=updates.dtype, device=updates.device)
+    rounded = torch.empty(shape, dtype=torch.int64, device=updates.device)
     for start in range(0, n, block):
         stop = min(n, start + block)
         rows = updates[start:stop]
-        retries += _encode_block(rows, signs, spec, rngs[start:stop], total, unreduced)
+        buffers = (workspace, rounded[: stop - start])
+        retries += _encode_block(rows, signs, spec, rngs[start:stop], buffers, total, unreduced)
     if spec.aggregate_shares and n:  # the chunk's n shares in one draw, after all the rounding
         shares = skellam((spec.padded,), n * spec.local_noise, rngs[0])
-        _accumulate(total, unreduced, shares, spec)
-        if unreduced is not None:
-            unreduced += shares
+        _accumulate(total, unreduced, shares[np.newaxis])
+    np.bitwise_and(total, np.uint64(spec.modulus - 1), out=total)  # 2**64 is a multiple of m
     return ChunkEncoding(total.view(np.int64), retries, n, unreduced)
 
 
-def _accumulate(
-    total: np.ndarray, unreduced: np.ndarray | None, encoded: np.ndarray, spec: CodecSpec
-) -> None:
-    """Adds a vector (int64, or uint64 already summed) into `total` (uint64, mod m) in place."""
-    np.add(total, encoded.view(np.uint64), out=total)  # wraps mod 2**64
-    np.bitwise_and(total, np.uint64(spec.modulus - 1), out=total)
+def _accumulate(total: np.ndarray, unreduced: np.ndarray | None, encoded: np.ndarray) -> None:
+    """Adds the rows of `encoded` (int64 [k, d']) into `total` (uint64, mod 2**64) in place.
+
+    Also into `unreduced` (float64), when given.
+    """
+    rows = encoded.view(np.uint64)
+    np.add(total, rows[0] if len(rows) == 1 else rows.sum(axis=0, dtype=np.uint64), out=total)
+    if unreduced is not None:
+        unreduced += encoded.sum(axis=0, dtype=np.float64)
 
 
 def _encode_block(
@@ -203,32 +210,39 @@ def _encode_block(
     signs: torch.Tensor,
     spec: CodecSpec,
     rngs: Sequence[np.random.Generator],
+    buffers: tuple[torch.Tensor, torch.Tensor],
     total: np.ndarray,
     unreduced: np.ndarray | None,
 ) -> int:
-    """Encodes some clients into `total` (uint64, mod m), in place; returns their retries."""
+    """Encodes some clients into `total` (uint64, mod 2**64), in place; returns their retries.
+
+    `buffers` are the rotation's workspace ([2, >= n, d'], the updates' dtype) and the rounded
+    rows (int64 [n, d']), both on the updates' device.
+    """
     # The transform in the updates' dtype (float32: relative error ~1e-7, the update's own
     # resolution); the scaling and the rounding in float64, exactly, by blocks of columns.
-    rotated = _rotate_raw(updates, signs)  # H D x unnormalised: 1 / sqrt(d') joins the scale
+    workspace, out = buffers
+    rotated = rotate_raw(updates, signs, workspace)  # H D x unnormalised: 1/sqrt(d') in s
     device = rotated.device
 
+    buffers_u: dict[tuple[int, int], np.ndarray] = {}  # reused: each draw is used up at once
+
     def draw(rows: torch.Tensor, width: int) -> torch.Tensor:
-        u = np.empty((rows.numel(), width))
+        shape = (rows.numel(), width)
+        u = buffers_u.get(shape)
+        if u is None:
+            u = buffers_u[shape] = np.empty(shape)
         for j, i in enumerate(rows.tolist()):
             rngs[i].random(out=u[j])
         return torch.from_numpy(u).to(device)
 
     factor = spec.scale / math.sqrt(spec.padded)
-    rounded, retries = round_rows(rotated, spec.norm_bound, draw, factor=factor)
-    del rotated
+    rounded, retries = round_rows(rotated, spec.norm_bound, draw, factor=factor, out=out)
     encoded = rounded.cpu().numpy()
     if not spec.aggregate_shares:
         for i, rng in enumerate(rngs):  # the noise after the rounding, in rngs[i]'s draws
             encoded[i] += _noise(spec, rng)
-    # One pass for the block: a uint64 sum wraps mod 2**64, a multiple of m.
-    _accumulate(total, unreduced, encoded.view(np.uint64).sum(axis=0, dtype=np.uint64), spec)
-    if unreduced is not None:
-        unreduced += encoded.sum(axis=0, dtype=np.float64)
+    _accumulate(total, unreduced, encoded)
     return int(retries.sum())
 
 

@@ -52,41 +52,57 @@ def _hadamard(log2: int, dtype: torch.dtype, device: torch.device) -> torch.Tens
     return h
 
 
-def _fwht(x: torch.Tensor) -> torch.Tensor:
+def fwht(x: torch.Tensor, spare: torch.Tensor | None = None) -> torch.Tensor:
     """The unnormalised Walsh-Hadamard transform x @ H_{d'} of each row of x [n, d'].
 
     H is Sylvester's matrix (d' a power of 2). Each pass applies k stages of the butterfly at
     once as a product with H_{2**k}: ceil(log2(d') / k) passes over x and O(n d' log2(d') 2**k / k)
-    operations, no Python loop over clients or coordinates. x may be overwritten.
+    operations, no Python loop over clients or coordinates. x may be overwritten. Given `spare`
+    (contiguous, x's shape, dtype and device), the passes alternate between x and spare and
+    allocate nothing (large fresh allocations cost page faults); the result is one of the two.
     """
-    n, width = x.shape
+    width = x.shape[1]
     total = width.bit_length() - 1
     stride, done = 1, 0
     while done < total:
         k = min(_RADIX_LOG2, total - done)
         block = 1 << k
         h = _hadamard(k, x.dtype, x.device)
+        out = torch.empty_like(x) if spare is None else spare
         if stride == 1:  # contiguous blocks of 2**k: one matrix product
-            x = (x.reshape(-1, block) @ h).view(n, width)
+            torch.matmul(x.view(-1, block), h, out=out.view(-1, block))
         else:  # [groups, 2**k, stride]: the product along the middle axis (H is symmetric)
-            x = torch.matmul(h, x.reshape(-1, block, stride)).view(n, width)
+            torch.matmul(h, x.view(-1, block, stride), out=out.view(-1, block, stride))
+        x, spare = out, x
         stride *= block
         done += k
     return x
 
 
-def _rotate_raw(x: torch.Tensor, signs: torch.Tensor) -> torch.Tensor:
-    """H D pad(x) per row, unnormalised, in x's dtype (the signs multiply exactly)."""
+def rotate_raw(
+    x: torch.Tensor, signs: torch.Tensor, workspace: torch.Tensor | None = None
+) -> torch.Tensor:
+    """H D pad(x) per row, unnormalised, in x's dtype (the signs multiply exactly).
+
+    Given `workspace` (contiguous [2, >= n, d'] of x's dtype and device), the result is a view
+    of it and nothing is allocated.
+
+    Raises:
+        ValueError: If x is not 2-D or wider than the signs.
+    """
     padded = signs.shape[-1]
     if x.dim() != 2 or x.shape[1] > padded:
         raise ValueError(f"x must be [n, d] with d <= {padded}, got {tuple(x.shape)}")
-    dim = x.shape[1]
+    n, dim = x.shape
     signs = signs[:dim].to(dtype=x.dtype, device=x.device)
-    if dim == padded:
-        return _fwht(x * signs)
-    flipped = torch.zeros(x.shape[0], padded, dtype=x.dtype, device=x.device)
+    if workspace is None:
+        flipped, spare = torch.empty(n, padded, dtype=x.dtype, device=x.device), None
+    else:
+        flipped, spare = workspace[0, :n], workspace[1, :n]
+    if dim < padded:
+        flipped[:, dim:] = 0
     torch.mul(x, signs, out=flipped[:, :dim])
-    return _fwht(flipped)
+    return fwht(flipped, spare)
 
 
 def rotate_scaled(x: torch.Tensor, signs: torch.Tensor, factor: float) -> torch.Tensor:
@@ -97,7 +113,7 @@ def rotate_scaled(x: torch.Tensor, signs: torch.Tensor, factor: float) -> torch.
     Raises:
         ValueError: If x is not 2-D or wider than the signs.
     """
-    raw = _rotate_raw(x, signs)
+    raw = rotate_raw(x, signs)
     return raw.to(torch.float64).mul_(factor / math.sqrt(signs.shape[-1]))
 
 
@@ -115,7 +131,7 @@ def rotate(x: torch.Tensor, signs: torch.Tensor) -> torch.Tensor:
     Raises:
         ValueError: If x is not 2-D or wider than the signs.
     """
-    return _rotate_raw(x, signs).mul_(signs.shape[-1] ** -0.5)
+    return rotate_raw(x, signs).mul_(signs.shape[-1] ** -0.5)
 
 
 def unrotate(y: torch.Tensor, signs: torch.Tensor, dim: int) -> torch.Tensor:
@@ -135,7 +151,7 @@ def unrotate(y: torch.Tensor, signs: torch.Tensor, dim: int) -> torch.Tensor:
     padded = signs.shape[-1]
     if y.shape[-1] != padded or not 1 <= dim <= padded:
         raise ValueError(f"y must be [..., {padded}] and 1 <= dim <= {padded}, got {dim}")
-    flat = _fwht(y.reshape(-1, padded))
+    flat = fwht(y.reshape(-1, padded))
     weights = signs[:dim].to(dtype=torch.float64) / math.sqrt(padded)
     out = flat[:, :dim] * weights.to(dtype=y.dtype, device=y.device)
     return out.reshape(*y.shape[:-1], dim)

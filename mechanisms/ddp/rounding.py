@@ -90,16 +90,12 @@ def _round_tries(
     step = width if x.device.type != "cpu" else max(1024, _CPU_BLOCK // max(1, rows.numel()))
     whole = rows.numel() == x.shape[0]
     squares = torch.zeros(rows.numel(), dtype=torch.float64, device=x.device)
+    buffer = torch.empty(rows.numel(), min(step, width), dtype=torch.float64, device=x.device)
     for start in range(0, width, step):
         stop = min(width, start + step)
         part = x[:, start:stop] if whole else x[rows, start:stop]
-        if part.dtype == torch.float64:
-            scaled = part * factor  # a new tensor, whatever the factor
-        else:
-            scaled = part.to(torch.float64).mul_(factor)
-        floor = torch.floor(scaled)
-        u = draw(rows, stop - start)
-        rounded = u.lt_(scaled.sub_(floor)).add_(floor)  # floor + [u < frac]: exact Bernoulli
+        scaled = buffer[:, : stop - start].copy_(part).mul_(factor)
+        rounded = scaled.add_(draw(rows, stop - start)).floor_()  # floor(y + u): see round_rows
         squares += torch.einsum("ij,ij->i", rounded, rounded)
         if whole:
             out[:, start:stop] = rounded
@@ -115,12 +111,14 @@ def round_rows(
     max_tries: int = 1000,
     *,
     factor: float = 1.0,
+    out: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`conditional_round` of x * factor, the uniforms taken from `draw` (a stream per row).
 
     Args:
-        x: [n, d'] floating point; it is scaled by `factor` in float64, then rounded exactly
-            (the comparisons with float64 uniforms are exact).
+        x: [n, d'] floating point; it is scaled by `factor` in float64, then each coordinate y
+            becomes floor(y + u), u uniform in [0, 1): floor(y) + 1 with probability frac(y),
+            up to the float64 rounding of y + u (a bias below |y| 2**-52 per coordinate).
         bound: The L2 bound in the integer domain (>= 0).
         draw: Given row indices (int64 [k], x's device) and a width w, returns the next w
             uniforms of each row's stream, float64 [k, w] on x's device (may be overwritten).
@@ -128,6 +126,7 @@ def round_rows(
             are split.
         max_tries: Roundings per row at most.
         factor: Multiplies x (in float64) before rounding.
+        out: Where to write the result (int64, x's shape and device); a new tensor if None.
 
     Returns:
         (rounded int64 [n, d'], retries int64 [n] on the CPU): the retries of each row (tries
@@ -140,9 +139,11 @@ def round_rows(
         raise ValueError(f"x must be floating point [n, d'], got {x.dtype} {tuple(x.shape)}")
     if not math.isfinite(bound) or bound < 0:
         raise ValueError(f"bound must be finite and >= 0, got {bound}")
+    if out is not None and (out.shape != x.shape or out.dtype != torch.int64):
+        raise ValueError(f"out must be int64 {tuple(x.shape)}, got {out.dtype} {tuple(out.shape)}")
     limit = math.floor(bound * bound)  # S <= bound**2 <=> S <= floor(bound**2) for integer S
     n = x.shape[0]
-    rounded = torch.empty(x.shape, dtype=torch.int64, device=x.device)
+    rounded = torch.empty(x.shape, dtype=torch.int64, device=x.device) if out is None else out
     retries = torch.zeros(n, dtype=torch.int64)
     pending = torch.arange(n)
     for tries in range(1, max_tries + 1):
