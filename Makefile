@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 export WANDB_SILENT := true
 
-.PHONY: run test lint bench bench-steps bench-population bench-privacy bench-aggregation bench-ddp bench-ledger bench-peers clean
+.PHONY: run test lint bench bench-steps bench-population bench-privacy bench-aggregation bench-ddp bench-audit bench-ledger bench-peers clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -43,6 +43,9 @@ bench-aggregation: $(STAMP)  ## Bytes per round and server time: dense vs sparse
 
 bench-population: $(STAMP)  ## Driver bytes per client and ms per round of availability + selection at 1M and 10M.
 	$(BIN)/python scripts/bench_population.py $(ARGS)
+
+bench-audit: $(STAMP)  ## Canary audit: a run with 1,000 canaries vs without, and the audit's own cost.
+	$(BIN)/python scripts/bench_audit.py $(ARGS)
 
 bench-ddp: $(STAMP)  ## Distributed DP: encoder cost per client vs a dense pass; a round vs the central Gaussian's.
 	$(BIN)/python scripts/bench_ddp.py $(ARGS)

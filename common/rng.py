@@ -31,6 +31,7 @@ class Stream(IntEnum):
     PARTITION = 9
     NOISE = 10
     FAULTS = 11
+    AUDIT = 12
 
 
 MAX_SEED = 2**32 - 1

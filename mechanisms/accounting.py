@@ -73,6 +73,10 @@ class PrivacyCost:
         }
 
 
+# dp_accounting's default PLD discretisation step.
+_PLD_STEP = 1e-4
+
+
 def epsilons(rho: float, delta: float) -> tuple[float, float]:
     """epsilon(delta) of rho-zCDP: (RDP accountant, PLD accountant)."""
     if rho == 0:
@@ -85,11 +89,16 @@ def epsilons(rho: float, delta: float) -> tuple[float, float]:
         neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_SPECIAL
     )
     rdp.compose(dp_accounting.dp_event.ZCDpEvent(rho))
+    epsilon_rdp = float(rdp.get_epsilon(delta))
+    # The PLD's grid spans the privacy loss's range, which grows as 1 / sigma**2: beyond
+    # epsilon 100 its step grows with epsilon, or a tiny noise multiplier (0.03 over 100
+    # participations) would need a grid of ~1e8 points, gigabytes. Unchanged below 100.
     pld = pld_privacy_accountant.PLDAccountant(
-        neighboring_relation=dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE
+        neighboring_relation=dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE,
+        value_discretization_interval=_PLD_STEP * max(1.0, epsilon_rdp / 100.0),
     )
     pld.compose(dp_accounting.GaussianDpEvent(1.0 / math.sqrt(2.0 * rho)))
-    return float(rdp.get_epsilon(delta)), float(pld.get_epsilon(delta))
+    return epsilon_rdp, float(pld.get_epsilon(delta))
 
 
 def privacy_cost(

@@ -17,10 +17,14 @@ Written to OUT (default: SWEEP_DIR):
   group, seeds as mean and min-max, numeric overrides that move X (noise multipliers) along the
   x axis, non-private jobs as dashed reference lines;
 - `accuracy_by_round.png`: each group's `eval/<name>` (for Y = `final/eval_<name>`) against the
-  round, from the jobs' `metrics.jsonl`: mean and min-max band.
+  round, from the jobs' `metrics.jsonl`: mean and min-max band;
+- `audit_epsilon.png`, when a job has `audit/epsilon_estimate` (`audit=canaries`): each job's
+  empirical epsilon estimates (final model and all iterates, 95% intervals) against its accounted
+  epsilon, with y = x (`reports.audit`; `scripts/audit_report.py` gives the verdicts).
 
 One JSON line goes to stdout: `{"jobs", "failed", "csv", "parquet" (or null), "png",
-"png_rounds", "markdown", "groups"}` (`groups`: the swept override keys).
+"png_rounds", "markdown", "groups"}` (`groups`: the swept override keys), and `"png_audit"` when
+`audit_epsilon.png` was drawn.
 
 Usage:
     python scripts/collect_sweep.py SWEEP_DIR [SWEEP_DIR ...] [--out DIR] [--x privacy/epsilon]
@@ -49,6 +53,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from reports.audit import AUDIT_PNG_NAME, draw_audit_epsilon, has_audit
 from reports.sweep import (
     CollectError,
     check_column,
@@ -149,7 +154,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     lines = round_series(root, rows, column, group, warn)
     labels = Labels("round", f"{column} (mean, min-max)", title)
     draw_rounds(lines, labels, by or "group", out / ROUNDS_PNG_NAME)
-    return {
+    result = {
         "jobs": len(rows),
         "failed": len(failed),
         "csv": str(out / CSV_NAME),
@@ -159,6 +164,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "markdown": str(out / MARKDOWN_NAME),
         "groups": swept,
     }
+    if has_audit(rows):
+        draw_audit_epsilon(rows, group, by or "group", title, out / AUDIT_PNG_NAME)
+        result["png_audit"] = str(out / AUDIT_PNG_NAME)
+    return result
 
 
 def main(argv: Sequence[str] | None = None) -> int:

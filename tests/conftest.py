@@ -62,6 +62,18 @@ def factorisation_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[No
         os.environ["FEDRAY_CACHE_DIR"] = previous
 
 
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """Torch on one intra-op thread for the test (tiny recurrent steps: threads only contend,
+    as in the workers, which use one)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def ray_session() -> Iterator[None]:
     """Starts Ray once for the whole session and shuts it down at the end."""

@@ -148,3 +148,18 @@ def test_planned_uses_the_declared_bound():
     mechanism = GaussianMechanism(noise_multiplier=1.0)
     assert planned(mechanism, 100, ParticipationBound(None, 10), 1e-6).max_participations == 10
     assert planned(mechanism, 100, ParticipationBound(4, 10), 1e-6).rho == pytest.approx(2.0)
+
+
+def test_a_tiny_noise_multiplier_is_accounted_without_a_giant_grid():
+    # sigma 0.03 over 100 participations: rho = 55,556; the PLD's default step would need a
+    # grid of ~1e8 points (the run that found it was killed for memory).
+    import tracemalloc
+
+    from mechanisms.accounting import epsilons
+
+    tracemalloc.start()
+    rdp, pld = epsilons(100 / (2 * 0.03**2), 1e-5)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 300 * 2**20
+    assert 0.9 * rdp < pld <= rdp

@@ -45,6 +45,15 @@ DISTRIBUTED = (
     "participation.min_separation=2",
 )
 
+# Canaries: the server's largest per-round cosines resume too, so the estimates are the same.
+AUDITED = (
+    "mechanism=gaussian",
+    "mechanism.noise_multiplier=1",
+    "clipping=fixed",
+    "audit=canaries",
+    "audit.num_canaries=20",
+)
+
 
 class Killed(BaseException):
     """Stands for the process being killed (not an Exception: nothing may catch it)."""
@@ -88,6 +97,7 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., dic
         (PRIVATE, 2, ()),
         (PRIVATE, 3, ("cluster.num_workers=1",)),
         (DISTRIBUTED, 3, ()),
+        (AUDITED, 3, ()),
     ],
 )
 def test_a_killed_run_resumes_to_the_same_model(
@@ -112,6 +122,9 @@ def test_a_killed_run_resumes_to_the_same_model(
             assert resumed[key] == pytest.approx(whole[key], rel=1e-6), key
         else:
             assert resumed[key] == whole[key], key
+    audit = [key for key in whole if key.startswith("audit/")]
+    assert bool(audit) == (overrides is AUDITED)
+    assert {key: resumed[key] for key in audit} == {key: whole[key] for key in audit}
     if overrides:  # privacy recomputed from the resumed ledger: the uninterrupted figures
         assert resumed["privacy/epsilon"] == whole["privacy/epsilon"]
         assert resumed["participation/observed_min_separation"] >= 2

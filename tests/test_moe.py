@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -22,14 +21,7 @@ from engine.training import (
 )
 from engine.training.models.moe import MixtureOfExperts, expert_capacity, load_balancing_loss, route
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    # Tiny recurrent steps: intra-op threads only contend (as the workers', which use one).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _params(model: torch.nn.Module, seed: int = 0) -> torch.Tensor:

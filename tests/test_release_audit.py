@@ -122,6 +122,30 @@ def test_a_distributed_run_releases_nothing_that_tells_neighbours_apart(
     )
 
 
+# Empirical auditing: canaries (and, for the language models, secrets) in private runs.
+AUDITED = {
+    "canaries-gaussian": ("gaussian", "fixed", "dense", "uniform", ()),
+    "canaries-blt-adaptive": ("blt", "adaptive", "dense", "cyclic", ()),
+    "canaries-tree-sparse-secrets": (
+        "tree", "fixed", "sparse", "uniform",
+        ("audit.secrets=[1,2]", "audit.secrets_per_repetition=1", "audit.num_candidates=8"),
+    ),
+    "canaries-moe-secrets": (
+        "gaussian", "fixed", "moe", "min_separation",
+        ("audit.secrets=[2]", "audit.secrets_per_repetition=1", "audit.num_candidates=8"),
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(AUDITED))
+def test_an_audited_run_releases_nothing_that_tells_neighbours_apart(
+    name: str, tmp_path: Path, audit_env: RecordingWandb
+):
+    *case, extra = AUDITED[name]
+    canaries = ("audit=canaries", "audit.num_canaries=4", "eval.every=2")
+    assert audit([*overrides(*case), *canaries, *extra], tmp_path, audit_env) == []
+
+
 # The audit can fail: today's leaks, put back, are caught.
 DENSE = overrides("gaussian", "fixed", "dense", "uniform")
 

@@ -13,9 +13,19 @@ from torch import nn
 
 from common.errors import ConfigError, require
 from common.rng import require_seed
+from engine.app.audit import audited
 from engine.app.fit import check_fit
 from engine.app.secagg import with_secure_aggregation
-from engine.plan import Checkpointing, Cluster, Evaluation, Experiment, Privacy, Tracking, validate
+from engine.plan import (
+    Audit,
+    Checkpointing,
+    Cluster,
+    Evaluation,
+    Experiment,
+    Privacy,
+    Tracking,
+    validate,
+)
 from engine.population import Population
 from engine.scheduling import ParticipationPolicy, RoundClock
 from engine.training import Faults, LocalTraining
@@ -76,6 +86,9 @@ def build_experiment(cfg: DictConfig) -> tuple[Experiment, Tracking]:
     require_seed(seed)
     require(rounds >= 1, "rounds", f"must be >= 1, got {rounds}")
     population: Population = _component(cfg, "population")
+    model_factory = _model_factory(cfg, population)
+    audit = _section(cfg, "audit", Audit)
+    population, canaries = audited(audit, population, model_factory, seed)
     participation: ParticipationPolicy = _component(cfg, "participation")
     privacy = _section(cfg, "privacy", Privacy)
     experiment = Experiment(
@@ -87,7 +100,7 @@ def build_experiment(cfg: DictConfig) -> tuple[Experiment, Tracking]:
         participation=participation,
         clock=_section(cfg, "clock", RoundClock),
         devices=_component(cfg, "devices"),
-        model_factory=_model_factory(cfg, population),
+        model_factory=model_factory,
         training=_section(cfg, "training", LocalTraining),
         aggregation=_component(cfg, "aggregation"),
         strategy=_component(cfg, "strategy"),
@@ -98,6 +111,8 @@ def build_experiment(cfg: DictConfig) -> tuple[Experiment, Tracking]:
         cluster=_section(cfg, "cluster", Cluster),
         checkpoint=_section(cfg, "checkpoint", Checkpointing),
         faults=_section(cfg, "faults", Faults),
+        audit=audit,
+        canaries=canaries,
     )
     auto = cfg.mechanism.get("noise_multiplier") == "auto"
     experiment = with_secure_aggregation(experiment, privacy.target_epsilon if auto else None)

@@ -17,7 +17,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 from engine.aggregation import DenseAggregator, MoEAggregator, SparseAggregator
-from engine.plan import Checkpointing, Cluster, Evaluation, Privacy, Tracking
+from engine.plan import Audit, Checkpointing, Cluster, Evaluation, Privacy, Tracking
 from engine.population import (
     AlwaysAvailable,
     DigitsDirichlet,
@@ -168,6 +168,7 @@ class Config:
     privacy: Any = dataclasses.field(default_factory=schema_of(Privacy, with_target=False))
     checkpoint: Any = dataclasses.field(default_factory=schema_of(Checkpointing, with_target=False))
     faults: Any = dataclasses.field(default_factory=schema_of(Faults, with_target=False))
+    audit: Any = dataclasses.field(default_factory=schema_of(Audit, with_target=False))
     resume: str | None = None
 
 

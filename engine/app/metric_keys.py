@@ -161,6 +161,21 @@ METRICS: tuple[Metric, ...] = (
         "epsilon under the (k, b) observed in the ledger: holds only for this realised schedule",
         "max",
     ),
+    # The empirical audit: post-processing of the released iterates with public canaries.
+    Metric("audit/num_canaries", _P, "clients", "eval", "canary clients inserted"),
+    Metric(
+        "audit/epsilon_estimate*",
+        _V,
+        "",
+        "eval",
+        "one-run epsilon estimate from canary cosines (Andrew et al. 2024), _low/_high its "
+        "bootstrap interval; _all_iterates: from the largest cosine with any round's change",
+    ),
+    Metric("audit/observed_*", _V, "", "eval", "fitted mean/std of the canaries' cosines"),
+    Metric("audit/null_*", _V, "", "eval", "fitted mean/std of the null directions' cosines"),
+    Metric("audit/cosines", _V, "image", "end", "canary against null cosines, with fits"),
+    Metric("audit/exposure/r*", _V, "bits", "summary", "Secret Sharer exposure, r repetitions"),
+    Metric("audit/exposure_max", _P, "bits", "summary", "log2 of the candidates: top exposure"),
     # Statistics of the clients' data: non-private runs only.
     Metric("train/loss", _N, "nats", "round", "clients' mean local training loss", "min"),
     Metric("train/rows_touched", _N, "rows", "round", "sparse: distinct rows in the sum"),

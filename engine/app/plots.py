@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from mechanisms.audit.estimate import GaussianFit
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
@@ -72,3 +74,40 @@ def _save(figure: Figure, path: Path) -> Path:
     figure.tight_layout()
     figure.savefig(path)
     return path
+
+
+def audit_cosines(final: np.ndarray, largest: np.ndarray, path: Path) -> Path:
+    """Canary cosines against null cosines, with their fitted normal densities.
+
+    Args:
+        final: float64 [2, C]: the canaries' (row 0) and the null directions' (row 1) cosines
+            with the model's change since round 0.
+        largest: The same, the largest cosine with one round's change (all iterates).
+        path: Where to write the PNG.
+    """
+    from scipy.stats import norm
+
+    figure = _figure(11, 4)
+    panels = (("final model", final), ("all iterates (largest per round)", largest))
+    for i, (title, cosines) in enumerate(panels):
+        axes = figure.add_subplot(1, 2, i + 1)
+        finite = [c[np.isfinite(c)] for c in cosines]
+        low, high = (float(f(np.concatenate(finite), initial=0.0)) for f in (np.min, np.max))
+        bins = np.linspace(low, high if high > low else low + 1e-9, 40)
+        styles = (("canaries", "tab:red"), ("null", "tab:gray"))
+        width = bins[1] - bins[0]
+        for values, (label, color) in zip(finite, styles, strict=True):
+            axes.hist(values, bins=bins.tolist(), alpha=0.5, color=color, label=label)
+            if len(values) > 1 and np.std(values) > 0:  # the fit the estimate uses
+                fit = GaussianFit.of(values)
+                grid = np.linspace(bins[0], bins[-1], 200)
+                density = norm.pdf(grid, fit.mean, fit.std) * len(values) * width
+                axes.plot(grid, density, color=color)
+        axes.set_yscale("log")
+        tallest = max(int(np.histogram(values, bins)[0].max(initial=1)) for values in finite)
+        axes.set_ylim(0.5, 3.0 * tallest)
+        axes.set_xlabel("cosine with the model's change")
+        axes.set_ylabel("directions (log scale)")
+        axes.set_title(title)
+        axes.legend()
+    return _save(figure, path)

@@ -13,8 +13,9 @@ from typing import Any
 import numpy as np
 import ray
 
+from engine.app.audit import canary_metrics, secret_metrics
 from engine.app.checkpoint import FILE_NAME, Checkpoint, load, run_defining, save
-from engine.app.plots import availability_over_time, participation_histogram
+from engine.app.plots import audit_cosines, availability_over_time, participation_histogram
 from engine.app.tracking import RunTracker
 from engine.plan import Cluster, Experiment, Tracking
 from engine.runtime import Backend, ServerDiedError, Simulation
@@ -125,10 +126,13 @@ def run_experiment(
                         tracker=rec.state_dict(),
                     )
                     save(checkpoint, output_dir)
-            rec.log_images(experiment.rounds - 1, _figures(output_dir, ledger, history))
+            figures = _figures(output_dir, ledger, history)
+            audit = _audit_summary(experiment, sim, output_dir, figures)
+            rec.log_images(experiment.rounds - 1, figures)
             summary = {
                 **_run_summary(experiment, sim, history, final),
                 **_privacy_summary(experiment, ledger, accountant),
+                **audit,
                 "system/total_s": time.perf_counter() - start,
                 "system/cold_start_s": cold_start_s,
                 "config_sha256": config_sha256,
@@ -166,6 +170,8 @@ def _round(
         metrics: dict[str, Any] = {"round": round_idx, **sim.run_round(round_idx)}
         if experiment.evaluation.due(round_idx, experiment.rounds):
             metrics.update(sim.evaluate().metrics())
+            if experiment.canaries is not None:
+                metrics.update(canary_metrics(experiment, sim, round_idx)[0])
     except ServerDiedError as error:
         raise RunStoppedError(f"{error}; {_resume_hint(output_dir)}") from error
     if "eval/loss" in metrics and accountant is not None:
@@ -240,6 +246,25 @@ def _privacy_summary(
         "privacy/epsilon_observed": observed["privacy/epsilon_observed"],
         "privacy/noise_multiplier": sigma,
     }
+
+
+def _audit_summary(
+    experiment: Experiment, sim: Simulation, output_dir: Path, figures: dict[str, Path]
+) -> dict[str, Any]:
+    """The audit's final figures (canary estimates, secrets' exposure), and its plot.
+
+    With canaries, also writes the cosines the estimates come from, `audit_cosines.npz`
+    (`final` and `largest`, float64 [2, C]: rows canaries, null directions).
+    """
+    summary: dict[str, Any] = {}
+    if experiment.canaries is not None:
+        metrics, final, largest = canary_metrics(experiment, sim, experiment.rounds)
+        summary.update(metrics)
+        np.savez(output_dir / "audit_cosines.npz", final=final, largest=largest)
+        figures["audit/cosines"] = audit_cosines(final, largest, output_dir / "audit_cosines.png")
+    if experiment.audit.secrets:
+        summary.update(secret_metrics(experiment, sim))
+    return summary
 
 
 def _figures(

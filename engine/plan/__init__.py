@@ -6,6 +6,7 @@ and the settings sections (evaluation, cluster, privacy, tracking, checkpointing
 checks that they fit together. The application builds it from a config; the runtime runs it.
 """
 
+from engine.plan.audit import Audit
 from engine.plan.experiment import Experiment, validate
 from engine.plan.settings import (
     CLUSTER_SPEED_ONLY,
@@ -18,6 +19,7 @@ from engine.plan.settings import (
 
 __all__ = [
     "CLUSTER_SPEED_ONLY",
+    "Audit",
     "Checkpointing",
     "Cluster",
     "Evaluation",

@@ -10,11 +10,13 @@ from torch import nn
 
 from common.errors import ConfigError, require
 from engine.aggregation import Aggregator
+from engine.plan.audit import Audit
 from engine.plan.settings import Checkpointing, Cluster, Evaluation, Privacy
 from engine.population import Availability, DeviceProfiles, Population
 from engine.scheduling import ParticipationPolicy, RoundClock
 from engine.training import Faults, LocalTraining, supports_vectorised
 from mechanisms.accounting import noise_for_epsilon, planned
+from mechanisms.audit.canaries import Canaries
 from mechanisms.base import Mechanism
 from mechanisms.clipping import Clipping
 from strategies.base import Strategy
@@ -44,6 +46,9 @@ class Experiment:
         cluster: Ray workers and chunking.
         checkpoint: When the run's state is saved.
         faults: Injected faults (none by default).
+        audit: Empirical privacy auditing settings (none by default).
+        canaries: The audit's canary clients (the population's last `num_canaries` ids);
+            None without canaries.
     """
 
     name: str
@@ -65,6 +70,8 @@ class Experiment:
     cluster: Cluster
     checkpoint: Checkpointing = field(default_factory=Checkpointing)
     faults: Faults = field(default_factory=Faults)
+    audit: Audit = field(default_factory=Audit)
+    canaries: Canaries | None = None
 
 
 def validate(experiment: Experiment) -> None:
@@ -86,6 +93,11 @@ def _check_private(experiment: Experiment) -> None:
         not private or exp.clipping.initial_norm is not None,
         "clipping",
         "a private mechanism needs clipping=fixed or clipping=adaptive",
+    )
+    require(
+        exp.canaries is None or exp.clipping.initial_norm is not None,
+        "audit.num_canaries",
+        "canaries need clipping=fixed or clipping=adaptive: a canary's update has the clip norm",
     )
     weighting = getattr(exp.aggregation, "weighting", "uniform")
     require(

@@ -39,13 +39,23 @@ def server_args(experiment: Experiment, initial: np.ndarray) -> tuple[Any, ...]:
         exp.aggregation,
         exp.clipping,
         exp.participation.cohort_size,
+        None,  # the device: the GPU Ray gave the actor, else the CPU
+        exp.canaries,
     )
 
 
 def worker_args(experiment: Experiment, population: Any) -> tuple[Any, ...]:
     """The `ClientWorker` constructor arguments of `experiment` (its population as given)."""
     exp = experiment
-    return (population, exp.model_factory, exp.training, exp.aggregation, exp.seed, exp.faults)
+    return (
+        population,
+        exp.model_factory,
+        exp.training,
+        exp.aggregation,
+        exp.seed,
+        exp.faults,
+        exp.canaries,
+    )
 
 
 @dataclass

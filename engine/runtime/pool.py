@@ -140,6 +140,11 @@ class ActorPool:
         state: dict[str, Any] = self.from_server(self.server.state_dict.remote(), -1)
         return state
 
+    def largest_cosines(self) -> np.ndarray:
+        """`ParameterServer.largest_cosines`, fetched to the driver."""
+        largest: np.ndarray = self.from_server(self.server.largest_cosines.remote(), -1)
+        return largest
+
     def load_server_state(self, state: dict[str, Any]) -> None:
         """Restores the server's state of `server_state()`."""
         self._backend.get(self.server.load_state_dict.remote(state))

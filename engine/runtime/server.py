@@ -11,6 +11,7 @@ import torch
 
 from engine.aggregation import Aggregator, Partial
 from engine.runtime.placement import assigned_device
+from mechanisms.audit.canaries import Canaries
 from mechanisms.base import Mechanism, NoiseState
 from mechanisms.clipping import Clipping
 from mechanisms.release import private_mean, released_size
@@ -33,6 +34,9 @@ class ParameterServer:
             weights leave as host arrays; the mechanisms draw (and keep) their noise on the
             host, seeded, so a run releases the same values on either device up to float
             rounding.
+        canaries: The audit's canaries: the server keeps, per canary and null direction, the
+            largest cosine with any round's change of the model (the "all iterates" statistic
+            of Andrew et al. 2024), at the cost of one fast Walsh-Hadamard transform per round.
     """
 
     def __init__(
@@ -44,6 +48,7 @@ class ParameterServer:
         clipping: Clipping,
         cohort_size: int,
         device: str | None = None,
+        canaries: Canaries | None = None,
     ) -> None:
         torch.set_num_threads(1)
         self._device = torch.device(device) if device else assigned_device()
@@ -56,6 +61,9 @@ class ParameterServer:
         self._clipping = clipping
         self._cohort_size = cohort_size
         self.clip_norm = clipping.initial_norm
+        self._canaries = canaries
+        size = canaries.num_canaries if canaries else 0
+        self._largest = np.full((2, size), -np.inf)  # per round: observed, null
 
     def weights(self) -> np.ndarray:
         """The current parameters (Ray stores the returned array once in the object store)."""
@@ -96,9 +104,25 @@ class ParameterServer:
         }
         update = self._release(total, round_idx, metrics)
         if update is not None:
+            before = self._params
             self._params, self._state = self._strategy.step(self._params, update, self._state)
+            self._track_canaries(self._params - before)
         metrics["system/server_s"] = time.perf_counter() - start
         return self.weights(), metrics
+
+    def largest_cosines(self) -> np.ndarray:
+        """The largest cosine of each canary and null direction with a round's model change.
+
+        Returns:
+            float64 [2, C]: the canaries (row 0) and the null directions (row 1); -inf before
+            the first round, and empty without canaries.
+        """
+        return self._largest.copy()
+
+    def _track_canaries(self, change: torch.Tensor) -> None:
+        if self._canaries is not None:
+            observed, null = self._canaries.cosines(change)
+            np.maximum(self._largest, np.stack((observed, null)), out=self._largest)
 
     def state_dict(self) -> dict[str, Any]:
         """Everything the server's next rounds depend on, on the host (for a checkpoint).
@@ -112,6 +136,7 @@ class ParameterServer:
             "strategy": {key: value.cpu().clone() for key, value in self._state.items()},
             "mechanism": self._noise.as_dict(),
             "clip_norm": self.clip_norm,
+            "largest_cosines": self._largest.copy(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -134,6 +159,8 @@ class ParameterServer:
         self._params = params.to(self._device, torch.float32)
         self._state = {key: value.to(self._device) for key, value in state["strategy"].items()}
         self.clip_norm = state["clip_norm"]
+        if "largest_cosines" in state:
+            self._largest = np.array(state["largest_cosines"], dtype=np.float64)
 
     def _release(
         self, total: Partial, round_idx: int, metrics: dict[str, float]

@@ -52,6 +52,7 @@ class Simulation:
         exp = self.experiment = experiment
         initial = initial_weights(exp)
         self.num_params = len(initial)
+        self._initial = initial if exp.canaries is not None else None
         self.registry = exp.population.registry()
         self.scheduler = make_scheduler(exp, self.registry, initial.nbytes, ledger)
         self._eval_ids = exp.population.held_out_ids(exp.evaluation.num_clients)
@@ -88,6 +89,25 @@ class Simulation:
     def weights(self) -> np.ndarray:
         """The current weights, fetched to the driver."""
         return np.asarray(self.pool.get(self.pipeline.weights))
+
+    def canary_cosines(self) -> tuple[np.ndarray, np.ndarray]:
+        """The canaries' cosine statistics: with the whole change, and the largest per round.
+
+        The whole change is the model's since round 0; the largest per-round cosines are
+        `ParameterServer.largest_cosines`.
+
+        Returns:
+            Two float64 [2, C] arrays, rows (canaries, null directions): the final change's
+            cosines, and the largest per-round ones.
+
+        Raises:
+            ValueError: If the run has no canaries.
+        """
+        canaries, initial = self.experiment.canaries, self._initial
+        if canaries is None or initial is None:
+            raise ValueError("this run has no canaries (audit.num_canaries=0)")
+        final = np.stack(canaries.cosines(self.weights() - initial))
+        return final, self.pool.largest_cosines()
 
     def state_dict(self) -> dict[str, Any]:
         """The server's state and the schedule's (clock and ledger), for a checkpoint."""

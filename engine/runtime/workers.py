@@ -36,6 +36,7 @@ from engine.training import (
     train_client,
     train_clients,
 )
+from mechanisms.audit.canaries import Canaries
 from mechanisms.clipping import clip_update
 
 T = TypeVar("T")
@@ -64,6 +65,8 @@ class ClientWorker:
         aggregator: How updates are weighted and summed.
         seed: Run seed; client c's round-r stream is (seed, CLIENT_TRAIN, r, c).
         faults: Injected faults (none by default).
+        canaries: The audit's canary clients, whose update is their direction at the clip
+            norm (no data, no training); None: no canaries.
     """
 
     def __init__(
@@ -74,6 +77,7 @@ class ClientWorker:
         aggregator: Aggregator,
         seed: int,
         faults: Faults | None = None,
+        canaries: Canaries | None = None,
     ) -> None:
         torch.set_num_threads(1)
         self._population = population
@@ -85,6 +89,7 @@ class ClientWorker:
         self._aggregator = aggregator
         self._seed = seed
         self._faults = faults or Faults()
+        self._canaries = canaries
         device = next(self._model.parameters()).device
         auto = training.vectorise == "auto" and prefers_vectorised(self._model, device)
         self._vectorised = training.vectorise == "on" or auto
@@ -110,8 +115,7 @@ class ClientWorker:
         """
         params = self._on_model_device(weights)  # once per round, not once per client
         ids = [int(c) for chunk in chunks for c in chunk]
-        private = clip_norm is not None
-        updates = iter(self._updates(params, round_idx, ids, private))  # all chunks at once
+        updates = iter(self._with_canaries(params, round_idx, ids, clip_norm))  # all chunks
         partials = []
         for chunk in chunks:
             partial = self._aggregator.zeros(len(params), self._layout)
@@ -161,6 +165,26 @@ class ClientWorker:
         partials = self.train(weights, round_idx, chunks, clip_norm)
         failed = tuple(client for partial in partials for client in partial.failed)
         return PackedPartials(partials), Receipt(failed, time.perf_counter() - start)
+
+    def _with_canaries(
+        self, params: torch.Tensor, round_idx: int, ids: list[int], clip_norm: float | None
+    ) -> list[ClientUpdate | None]:
+        """`_updates` of the clients, in order, with each canary's update in its place.
+
+        A canary's update is its direction at the round's clip norm; it trains nothing.
+        """
+        if self._canaries is None or not self._canaries.is_canary(np.array(ids)).any():
+            return self._updates(params, round_idx, ids, clip_norm is not None)
+        if clip_norm is None:
+            raise RuntimeError("canaries need a clip norm: their update has the clip norm")
+        canary = self._canaries.is_canary(np.array(ids)).tolist()
+        real = [c for c, is_canary in zip(ids, canary, strict=True) if not is_canary]
+        trained = iter(self._updates(params, round_idx, real, True))
+        return [
+            ClientUpdate(self._canaries.update(c, clip_norm), 0, 0.0, 0) if is_canary
+            else next(trained)
+            for c, is_canary in zip(ids, canary, strict=True)
+        ]  # fmt: skip
 
     def _updates(
         self, params: torch.Tensor, round_idx: int, ids: list[int], private: bool

@@ -1,0 +1,1 @@
+"""Empirical privacy auditing: canary clients, the one-run epsilon estimate, exposure."""
