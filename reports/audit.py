@@ -196,6 +196,9 @@ def audit_row(job: str, overrides: Sequence[str], summary: Mapping[str, Any]) ->
     epsilon = number(summary, ACCOUNTED)
     estimates = tuple(Estimate.read(summary, name, suffix) for name, suffix in ESTIMATES)
     repeats = sorted(int(k[len(EXPOSURE) :]) for k in summary if is_exposure(k))
+    verdict = judge(epsilon, estimates, any(k.startswith("audit/") for k in summary))
+    if verdict.status == NO_ESTIMATE and repeats:  # secrets without canaries
+        verdict = Verdict(NO_ESTIMATE, "no canaries: Secret Sharer exposure only")
     return AuditRow(
         job=job,
         overrides=tuple(map(str, overrides)),
@@ -205,7 +208,7 @@ def audit_row(job: str, overrides: Sequence[str], summary: Mapping[str, Any]) ->
         estimates=estimates,
         exposures=tuple((r, number(summary, f"{EXPOSURE}{r}")) for r in repeats),
         exposure_max=number(summary, "audit/exposure_max"),
-        verdict=judge(epsilon, estimates, any(k.startswith("audit/") for k in summary)),
+        verdict=verdict,
     )
 
 

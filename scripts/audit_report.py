@@ -14,6 +14,8 @@ summary cannot be read are said on stderr and skipped; it is an error when none 
 Usage:
     python scripts/audit_report.py DIR [--json]
 
+Exit status: 0 when no run has a VIOLATION, 2 when one has (for CI), 1 on an error.
+
 Example:
     fedray audit=canaries mechanism=gaussian clipping=fixed rounds=50 hydra.run.dir=/tmp/run
     python scripts/audit_report.py /tmp/run
@@ -27,7 +29,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from reports.audit import AuditRow, read_audits
+from reports.audit import VIOLATION, AuditRow, read_audits
 from reports.sweep import CollectError, fmt
 
 PROG = "audit_report"
@@ -72,8 +74,12 @@ def exposure_text(row: AuditRow) -> str:
     return ", ".join(f"r{r} {fmt(bits) or '-'}" for r, bits in row.exposures) + out_of
 
 
-def run(args: argparse.Namespace) -> None:
-    """Prints the audits of `args.dir`; CollectError when it is not a dir or has no summary."""
+def run(args: argparse.Namespace) -> list[AuditRow]:
+    """Prints the audits of `args.dir` and returns them.
+
+    Raises:
+        CollectError: When it is not a directory or holds no summary.
+    """
     root: Path = args.dir
     if not root.is_dir():
         raise CollectError(f"{root}: not a directory")
@@ -83,16 +89,18 @@ def run(args: argparse.Namespace) -> None:
             print(json.dumps(row.as_json(), allow_nan=False), flush=True)
     else:
         print(table(rows), flush=True)
+    return rows
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """0: every run consistent (or not audited); 1: an error; 2: a run has a VIOLATION."""
     args = parse_args(argv)
     try:
-        run(args)
+        rows = run(args)
     except CollectError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 1
-    return 0
+    return 2 if any(row.verdict.status == VIOLATION for row in rows) else 0
 
 
 if __name__ == "__main__":

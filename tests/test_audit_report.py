@@ -209,7 +209,7 @@ def test_cli_table(cli: Any, capsys: pytest.CaptureFixture[str], tmp_path: Path)
     for name, (overrides, summary) in CASES.items():
         write_run(tmp_path / name, overrides, summary)
     status, out, err = run_cli(cli, capsys, str(tmp_path))
-    assert (status, err) == (0, "")
+    assert (status, err) == (2, "")  # exit status 2: a run has a VIOLATION
     header, *lines = out.splitlines()
     assert header.split("  ")[0] == "job" and header.endswith("verdict")
     assert "exposure" not in header
@@ -244,7 +244,7 @@ def test_cli_json(cli: Any, capsys: pytest.CaptureFixture[str], tmp_path: Path) 
     for name, (overrides, summary) in CASES.items():
         write_run(tmp_path / "sweep" / name, overrides, summary)
     status, out, err = run_cli(cli, capsys, str(tmp_path / "sweep"), "--json")
-    assert (status, err) == (0, "")
+    assert (status, err) == (2, "")
 
     def strict(constant: str) -> None:
         raise AssertionError(f"not strict JSON: {constant}")
@@ -365,3 +365,9 @@ def test_audit_figure_draws_points_edges_and_notes(
 def test_a_bad_figure_in_a_sweep_names_the_job() -> None:
     with pytest.raises(CollectError, match="job 7: audit/epsilon_estimate is not a number"):
         audit.sweep_audit({"job": "7", "audit/epsilon_estimate": [1]})
+
+
+def test_a_run_with_secrets_only_says_so(tmp_path: Path) -> None:
+    summary = {"privacy/epsilon": 3.0, "audit/exposure/r1": 1.5, "audit/exposure_max": 12}
+    verdict = audit_row(".", (), summary).verdict
+    assert verdict.text == "no canaries: Secret Sharer exposure only"

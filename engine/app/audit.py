@@ -105,10 +105,16 @@ def _estimates(
 
 
 def secret_metrics(experiment: Experiment, sim: Simulation) -> dict[str, Any]:
-    """The secrets' mean exposure by repetition count (`audit/exposure/r<count>`)."""
+    """The secrets' mean exposure by repetition count (`audit/exposure/r<count>`).
+
+    Raises:
+        ValueError: If the run has no secrets.
+    """
     population = experiment.population
-    while not isinstance(population, WithSecrets):  # under the canaries' wrapper, if any
-        population = population.population  # type: ignore[attr-defined]
+    if isinstance(population, WithCanaries):  # the canaries wrap the secrets
+        population = population.population
+    if not isinstance(population, WithSecrets):
+        raise ValueError("this run has no secrets (audit.secrets is empty)")
     plan = _plan(experiment.audit)
     candidates = candidate_sequences(
         experiment.seed, plan.num_candidates, population.secrets.shape[1], population.num_classes
