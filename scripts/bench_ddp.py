@@ -4,7 +4,9 @@
   rotation, rounding and norm check (the codec with no noise share), and the whole encoding
   with Skellam shares (per client, and drawn as one aggregate per chunk) and discrete Gaussian
   shares, each as seconds per client and as a ratio to one dense float32 pass over d
-  (`x + y`, the cost of summing an update in the clear);
+  (`x + y`, the cost of summing an update in the clear). Clients are encoded as a chunk of
+  `--clients` (default 8: a cohort of 100 makes chunks of 7), whose buffers are allocated once
+  per chunk: smaller chunks pay more per client;
 - `round`: the median round time of a cohort of `--cohort` clients of the FEMNIST-like CNN and
   of the next-word LM in this process (`LocalBackend`: no Ray in the figures), with the central
   Gaussian mechanism and with `ddp_skellam` and `ddp_gaussian` (at `--bits`), and the ratio of
@@ -13,7 +15,7 @@
 Ratios are within one run, on one machine: never compare absolute times across machines.
 
 Usage:
-    python scripts/bench_ddp.py [--dims 65536 1048576 4194304] [--clients 4] [--repeats 3]
+    python scripts/bench_ddp.py [--dims 65536 1048576 4194304] [--clients 8] [--repeats 3]
         [--cohort 100] [--rounds 4] [--bits 16] [--parts encoder round] [--seed 0]
 """
 
@@ -175,7 +177,9 @@ def round_lines(cohort: int, rounds: int, bits: int) -> list[dict]:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dims", type=int, nargs="+", default=[1 << 16, 1 << 20, 1 << 22])
-    parser.add_argument("--clients", type=int, default=4, help="clients per encoded chunk")
+    parser.add_argument(
+        "--clients", type=int, default=8, help="clients per encoded chunk (cohort 100: 7)"
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--cohort", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=4, help="rounds per run (first: warm-up)")

@@ -219,10 +219,11 @@ def _encode_block(
     `buffers` are the rotation's workspace ([2, >= n, d'], the updates' dtype) and the rounded
     rows (int64 [n, d']), both on the updates' device.
     """
-    # The transform in the updates' dtype (float32: relative error ~1e-7, the update's own
-    # resolution); the scaling and the rounding in float64, exactly, by blocks of columns.
+    # The scaling and the transform in the updates' dtype (float32: relative error ~1e-7, the
+    # update's own resolution); the rounding in float64, exactly, by blocks of columns.
     workspace, out = buffers
-    rotated = rotate_raw(updates, signs, workspace)  # H D x unnormalised: 1/sqrt(d') in s
+    factor = spec.scale / math.sqrt(spec.padded)  # s and the transform's normalisation
+    rotated = rotate_raw(updates, signs, workspace, factor)
     device = rotated.device
 
     buffers_u: dict[tuple[int, int], np.ndarray] = {}  # reused: each draw is used up at once
@@ -236,8 +237,7 @@ def _encode_block(
             rngs[i].random(out=u[j])
         return torch.from_numpy(u).to(device)
 
-    factor = spec.scale / math.sqrt(spec.padded)
-    rounded, retries = round_rows(rotated, spec.norm_bound, draw, factor=factor, out=out)
+    rounded, retries = round_rows(rotated, spec.norm_bound, draw, out=out)
     encoded = rounded.cpu().numpy()
     if not spec.aggregate_shares:
         for i, rng in enumerate(rngs):  # the noise after the rounding, in rngs[i]'s draws

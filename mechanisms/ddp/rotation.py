@@ -80,12 +80,16 @@ def fwht(x: torch.Tensor, spare: torch.Tensor | None = None) -> torch.Tensor:
 
 
 def rotate_raw(
-    x: torch.Tensor, signs: torch.Tensor, workspace: torch.Tensor | None = None
+    x: torch.Tensor,
+    signs: torch.Tensor,
+    workspace: torch.Tensor | None = None,
+    factor: float = 1.0,
 ) -> torch.Tensor:
-    """H D pad(x) per row, unnormalised, in x's dtype (the signs multiply exactly).
+    """Returns factor * H D pad(x) per row, unnormalised, in x's dtype.
 
-    Given `workspace` (contiguous [2, >= n, d'] of x's dtype and device), the result is a view
-    of it and nothing is allocated.
+    The signs (times `factor`, in x's dtype) multiply x before the transform: with factor 1
+    exactly. Given `workspace` (contiguous [2, >= n, d'] of x's dtype and device), the result
+    is a view of it and nothing is allocated.
 
     Raises:
         ValueError: If x is not 2-D or wider than the signs.
@@ -95,6 +99,8 @@ def rotate_raw(
         raise ValueError(f"x must be [n, d] with d <= {padded}, got {tuple(x.shape)}")
     n, dim = x.shape
     signs = signs[:dim].to(dtype=x.dtype, device=x.device)
+    if factor != 1.0:
+        signs = signs * factor
     if workspace is None:
         flipped, spare = torch.empty(n, padded, dtype=x.dtype, device=x.device), None
     else:

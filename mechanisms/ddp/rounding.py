@@ -94,8 +94,13 @@ def _round_tries(
     for start in range(0, width, step):
         stop = min(width, start + step)
         part = x[:, start:stop] if whole else x[rows, start:stop]
-        scaled = buffer[:, : stop - start].copy_(part).mul_(factor)
-        rounded = scaled.add_(draw(rows, stop - start)).floor_()  # floor(y + u): see round_rows
+        u = draw(rows, stop - start)
+        scaled = buffer[:, : stop - start]
+        scaled.copy_(part)  # exact; a mixed-dtype add into float64 runs 2x slower than both
+        if factor != 1.0:
+            scaled.mul_(factor)
+        scaled.add_(u)
+        rounded = scaled.floor_()  # floor(y + u): see round_rows
         squares += torch.einsum("ij,ij->i", rounded, rounded)
         if whole:
             out[:, start:stop] = rounded
