@@ -64,11 +64,14 @@ def _with_secrets(audit: Audit, population: Population, seed: int) -> Population
         "secrets need a text population of token sequences (population=zipf_text|shakespeare)",
     )
     plan = _plan(audit)
-    secrets = secret_sequences(
-        seed, plan.num_secrets, population.num_features + 1, population.num_classes
-    )
     carriers = secret_carriers(seed, plan.num_secrets, population.num_clients)
-    return WithSecrets(population, secrets, carriers, plan.counts())
+    return WithSecrets(population, _secrets(plan, population, seed), carriers, plan.counts())
+
+
+def _secrets(plan: SecretPlan, population: Population, seed: int) -> np.ndarray:
+    """The run's secrets: one example of the population's format each (seq_len + 1 tokens)."""
+    length, vocab = population.num_features + 1, population.num_classes
+    return secret_sequences(seed, plan.num_secrets, length, vocab)
 
 
 def _plan(audit: Audit) -> SecretPlan:
@@ -108,20 +111,16 @@ def secret_metrics(experiment: Experiment, sim: Simulation) -> dict[str, Any]:
     """The secrets' mean exposure by repetition count (`audit/exposure/r<count>`).
 
     Raises:
-        ValueError: If the run has no secrets.
+        ConfigError: If the run has no secrets (audit.secrets is empty).
     """
-    population = experiment.population
-    if isinstance(population, WithCanaries):  # the canaries wrap the secrets
-        population = population.population
-    if not isinstance(population, WithSecrets):
-        raise ValueError("this run has no secrets (audit.secrets is empty)")
-    plan = _plan(experiment.audit)
+    population, plan = experiment.population, _plan(experiment.audit)
+    secrets = _secrets(plan, population, experiment.seed)  # drawn again from the seed
     candidates = candidate_sequences(
-        experiment.seed, plan.num_candidates, population.secrets.shape[1], population.num_classes
+        experiment.seed, plan.num_candidates, secrets.shape[1], population.num_classes
     )
     model = experiment.model_factory()
     weights = torch.from_numpy(sim.weights().copy())  # writable
-    exposures = secret_exposures(model, weights, plan, population.secrets, candidates)
+    exposures = secret_exposures(model, weights, plan, secrets, candidates)
     metrics: dict[str, Any] = {f"audit/exposure/r{r}": value for r, value in exposures.items()}
     metrics["audit/exposure_max"] = float(np.log2(plan.num_candidates))
     return metrics
