@@ -2,8 +2,8 @@
 
 The build adds the audit's clients to the population (`audited`): Secret Sharer secrets in the
 data of chosen clients, then the canary clients after everyone. The runner asks for the canary
-estimate at every evaluation and at the end (`canary_metrics`), and for the secrets' exposure at
-the end (`secret_metrics`).
+estimate at every evaluation, the last of which the summary keeps (`canary_metrics`), and for
+the secrets' exposure at the end (`secret_metrics`).
 """
 
 from __future__ import annotations
@@ -78,20 +78,13 @@ def _plan(audit: Audit) -> SecretPlan:
     return SecretPlan(audit.secrets, audit.secrets_per_repetition, audit.num_candidates)
 
 
-def canary_metrics(
-    experiment: Experiment, sim: Simulation, round_idx: int
-) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
-    """The canary estimate of the model so far, and of all its iterates (`audit/...`).
-
-    Returns:
-        The metrics, and the cosines they come from: the final change's and the largest
-        per-round ones, float64 [2, C] each (rows: canaries, null directions).
-    """
+def canary_metrics(experiment: Experiment, sim: Simulation, round_idx: int) -> dict[str, float]:
+    """The canary estimates of the model so far and of all its iterates (`audit/...`)."""
     final, largest = sim.canary_cosines()
     metrics = {"audit/num_canaries": float(experiment.audit.num_canaries)}
     for suffix, estimate in _estimates(experiment, final, largest, round_idx).items():
         metrics.update(estimate.as_metrics(suffix=suffix))
-    return metrics, final, largest
+    return metrics
 
 
 def _estimates(

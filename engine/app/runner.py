@@ -112,8 +112,8 @@ def run_experiment(
         ) as rec:
             for round_idx in range(first, experiment.rounds):
                 metrics = rec.log(_round(experiment, sim, accountant, round_idx, output_dir))
-                if "eval/loss" in metrics:
-                    final = {k: v for k, v in metrics.items() if k.startswith("eval/")}
+                if "eval/loss" in metrics:  # the latest evaluation (and audit) for the summary
+                    final = {k: v for k, v in metrics.items() if k.startswith(("eval/", "audit/"))}
                 history.append(metrics)
                 if experiment.checkpoint.due(round_idx, experiment.rounds):
                     state = sim.state_dict()
@@ -127,7 +127,7 @@ def run_experiment(
                     )
                     save(checkpoint, output_dir)
             figures = _figures(output_dir, ledger, history)
-            audit = _audit_summary(experiment, sim, output_dir, figures)
+            audit = _audit_summary(experiment, sim, output_dir, figures, final)
             rec.log_images(experiment.rounds - 1, figures)
             summary = {
                 **_run_summary(experiment, sim, history, final),
@@ -171,7 +171,7 @@ def _round(
         if experiment.evaluation.due(round_idx, experiment.rounds):
             metrics.update(sim.evaluate().metrics())
             if experiment.canaries is not None:
-                metrics.update(canary_metrics(experiment, sim, round_idx)[0])
+                metrics.update(canary_metrics(experiment, sim, round_idx))
     except ServerDiedError as error:
         raise RunStoppedError(f"{error}; {_resume_hint(output_dir)}") from error
     if "eval/loss" in metrics and accountant is not None:
@@ -249,19 +249,24 @@ def _privacy_summary(
 
 
 def _audit_summary(
-    experiment: Experiment, sim: Simulation, output_dir: Path, figures: dict[str, Path]
+    experiment: Experiment,
+    sim: Simulation,
+    output_dir: Path,
+    figures: dict[str, Path],
+    final: dict[str, Any],
 ) -> dict[str, Any]:
-    """The audit's final figures (canary estimates, secrets' exposure), and its plot.
+    """The audit's final figures and its plot.
 
-    With canaries, also writes the cosines the estimates come from, `audit_cosines.npz`
-    (`final` and `largest`, float64 [2, C]: rows canaries, null directions).
+    The canary estimates are the last evaluation's (every run evaluates after its last round);
+    the secrets' exposure is computed here. With canaries, also writes the cosines the plot
+    and the estimates come from, `audit_cosines.npz` (`final` and `largest`, float64 [2, C]:
+    rows canaries, null directions).
     """
-    summary: dict[str, Any] = {}
+    summary = {key: value for key, value in final.items() if key.startswith("audit/")}
     if experiment.canaries is not None:
-        metrics, final, largest = canary_metrics(experiment, sim, experiment.rounds)
-        summary.update(metrics)
-        np.savez(output_dir / "audit_cosines.npz", final=final, largest=largest)
-        figures["audit/cosines"] = audit_cosines(final, largest, output_dir / "audit_cosines.png")
+        cosines, largest = sim.canary_cosines()
+        np.savez(output_dir / "audit_cosines.npz", final=cosines, largest=largest)
+        figures["audit/cosines"] = audit_cosines(cosines, largest, output_dir / "audit_cosines.png")
     if experiment.audit.secrets:
         summary.update(secret_metrics(experiment, sim))
     return summary

@@ -106,7 +106,8 @@ class ParameterServer:
         if update is not None:
             before = self._params
             self._params, self._state = self._strategy.step(self._params, update, self._state)
-            self._track_canaries(self._params - before)
+            if self._canaries is not None:
+                self._track_canaries(self._canaries, self._params - before)
         metrics["system/server_s"] = time.perf_counter() - start
         return self.weights(), metrics
 
@@ -119,10 +120,9 @@ class ParameterServer:
         """
         return self._largest.copy()
 
-    def _track_canaries(self, change: torch.Tensor) -> None:
-        if self._canaries is not None:
-            observed, null = self._canaries.cosines(change)
-            np.maximum(self._largest, np.stack((observed, null)), out=self._largest)
+    def _track_canaries(self, canaries: Canaries, change: torch.Tensor) -> None:
+        observed, null = canaries.cosines(change)
+        np.maximum(self._largest, np.stack((observed, null)), out=self._largest)
 
     def state_dict(self) -> dict[str, Any]:
         """Everything the server's next rounds depend on, on the host (for a checkpoint).
